@@ -1,0 +1,47 @@
+"""Command line: ``python -m pipeline_lib <command> ...``.
+
+Each sub-command lives in ``pipeline_lib/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; this module only wires them up, so commands stay thin front ends.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import PipelineError
+
+COMMANDS = {
+    "upscale": "Upscale images (files or folders) with Real-ESRGAN and friends.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_lib",
+                                     description="Photoreal generation and upscaling.")
+    parser.add_argument("--version", action="version", version=f"pipeline_lib {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f".commands.{name}", __package__)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished files are kept, no partial file was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,97 @@
+"""``python -m pipeline_lib upscale INPUT... -o OUT``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..upscale.sizing import check_scale, parse_size
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursed)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (created if missing), or a file path for a single input")
+    p.add_argument("-m", "--model", default="realesrgan-x4plus",
+                   help="registry name, weight file or https URL (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-s", "--scale", type=float, help="output factor, e.g. 2, 3.2, 4, 8")
+    g.add_argument("--size", help="target: N (long side) or WxH (exact)")
+    p.add_argument("--tile", type=int, help="tile size in input px (0 = no tiling; default: auto)")
+    p.add_argument("--overlap", type=int, help="tile overlap in input px (default 32)")
+    p.add_argument("--backend", default="auto", help="auto, torch, opencv, ncnn")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp", "tif", "keep"],
+                   help="output format (default png; 'keep' uses the input's)")
+    p.add_argument("--suffix", default="_upscaled", help="added to output names (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for every image named or found in a folder."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    found.append((f, f.relative_to(p)))
+        else:
+            found.append((p, Path(p.name)))
+    return found
+
+
+def output_path(rel: Path, out: Path, single_file: bool, fmt: str, suffix: str) -> Path:
+    if single_file:
+        return out
+    ext = rel.suffix if fmt == "keep" else "." + fmt
+    return out / rel.parent / f"{rel.stem}{suffix}{ext}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..images import save_image
+    from ..upscale import upscale
+
+    if args.scale is not None:
+        check_scale(args.scale)
+    size = parse_size(args.size) if args.size else None
+    files = collect_inputs(args.inputs)
+    if not files:
+        print("error: no input images found", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    single = len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    failed = skipped = done = 0
+    for src, rel in tqdm(files, desc="images", unit="img", disable=len(files) < 2):
+        dest = output_path(rel, out, single, args.format, args.suffix)
+        if dest.exists() and dest.resolve() == src.resolve():
+            print(f"{src}: refusing to write the output over its own input", file=sys.stderr)
+            failed += 1
+            continue
+        if dest.exists() and not args.overwrite:
+            print(f"{src}: skipped, {dest} exists (use --overwrite to replace it)")
+            skipped += 1
+            continue
+        try:
+            res = upscale(src, args.model, scale=args.scale, size=size, tile=args.tile,
+                          overlap=args.overlap, backend=args.backend, device=args.device,
+                          dtype=args.dtype, full_result=True)
+            save_image(res.image, dest, metadata=res.as_metadata(), overwrite=args.overwrite)
+        except (PipelineError, OSError) as exc:
+            print(f"{src}: failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        done += 1
+        log.info("%s → %s (%dx%d, %s/%s, %.1fs)", src, dest, *res.size, res.model, res.backend,
+                 res.seconds)
+    print(f"{done} upscaled, {skipped} skipped, {failed} failed")
+    return 1 if failed else 0

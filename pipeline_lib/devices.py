@@ -1,0 +1,76 @@
+"""Device and precision choices shared by the upscalers and the diffusion pipelines."""
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidParameterError
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda)(?::(\d+))?$")
+
+
+def resolve_device(device: "str | object | None" = None) -> "torch.device":  # noqa: F821
+    """Validate ``device`` ('cpu', 'cuda', 'cuda:1', 'mps' or a torch.device); None picks the best.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    m = _DEVICE.match(str(device).strip().lower())
+    if not m:
+        raise InvalidParameterError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InvalidParameterError(f"device {device!r} asked for, but no CUDA GPU is available "
+                                        "here; use device='cpu'.")
+        idx = int(index) if index is not None else torch.cuda.current_device()
+        if idx >= n:
+            raise InvalidParameterError(f"device {device!r} does not exist: this machine has {n} "
+                                        f"CUDA device(s), cuda:0..cuda:{n - 1}.")
+        return torch.device("cuda", idx)
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidParameterError("device 'mps' asked for, but Metal is not available here; use 'cpu'.")
+    return torch.device(kind)
+
+
+_DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16",
+           "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
+
+
+def resolve_dtype(dtype: "str | object | None") -> "torch.dtype | None":  # noqa: F821
+    """Parse 'fp16'/'bf16'/'fp32' (or a torch.dtype); None means 'choose for the device'."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
+    if name is None:
+        raise InvalidParameterError(f"unknown dtype {dtype!r}; use 'fp16', 'bf16' or 'fp32'.")
+    return getattr(torch, name)
+
+
+def supports_bf16(device: "torch.device") -> bool:  # noqa: F821
+    """Native bf16: Ampere+ GPUs only (a P100/T4 has none, and CPUs emulate it ~10× slower)."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def free_memory(device: "torch.device") -> int | None:  # noqa: F821
+    """Free bytes on a CUDA device, or None for other devices."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)

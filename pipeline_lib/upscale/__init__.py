@@ -1,0 +1,265 @@
+"""``upscale()``: any image, any registered or local model, any scale, tiled without seams.
+
+>>> from pipeline_lib import upscale
+>>> big = upscale("assets/astronaut.png", size=2048)           # doctest: +SKIP
+>>> big.size, big.info["upscaler"]                            # doctest: +SKIP
+((2048, 2048), 'realesrgan-x4plus')
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, UnknownModelError
+from ..images import ImageInput, ImageMeta, read_image, to_output
+from . import registry
+from .backends import BACKENDS, Upscaler, backend_module
+from .registry import MODELS, ModelSpec, get_spec
+from .sizing import SizeArg, passes_needed, target_size
+from .tiling import check_tiling, count_tiles, run_with_backoff
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "realesrgan-x4plus"
+DEFAULT_OVERLAP = 32  # input px shared by neighbouring tiles; ≥ 50 dB vs untiled on x4plus
+
+_CACHE: dict[tuple, Upscaler] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class UpscaleResult:
+    """What ``upscale(..., full_result=True)`` returns: the image and how it was made."""
+
+    image: Any
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    scale: float
+    size: tuple[int, int]
+    tile: int
+    seconds: float
+    source_metadata: dict[str, str] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, str]:
+        """Text chunks for the saved file: the source's own (e.g. generation parameters) plus
+        which upscaler made this image."""
+        return {**self.source_metadata, "upscaler": self.model, "upscale_backend": self.backend,
+                "upscale_factor": f"{self.scale:g}"}
+
+
+def list_upscalers() -> list[dict[str, Any]]:
+    """The registry as rows: name, architecture, native scale, backends, licence, weight source.
+
+    >>> "realesrgan-x4plus" in [r["name"] for r in list_upscalers()]
+    True
+    """
+    return [{"name": s.name, "arch": s.arch, "scale": s.scale, "output_scale": s.output_scale,
+             "backends": list(s.backends), "license": s.license, "source": s.source,
+             "description": s.description} for s in MODELS.values()]
+
+
+def _resolve_target(model: str | Path | ModelSpec) -> ModelSpec | str:
+    if isinstance(model, ModelSpec):
+        return model
+    text = str(model)
+    if text.startswith(("https://", "http://")):
+        return text
+    if text.strip().lower() in MODELS:
+        return MODELS[text.strip().lower()]
+    path = Path(text).expanduser()
+    if path.suffix or "/" in text or "\\" in text:
+        if not path.is_file():
+            raise UnknownModelError(f"model file {path} does not exist; pass a registry name "
+                                    f"({', '.join(sorted(MODELS))}) or an existing file / URL.")
+        return str(path.resolve())
+    return get_spec(text)  # raises with suggestions
+
+
+def _choose_backend(target: ModelSpec | str, backend: str) -> str:
+    if backend != "auto":
+        if backend not in BACKENDS:
+            backend_module(backend)  # raises the "unknown backend" error
+        if isinstance(target, ModelSpec) and backend not in target.backends:
+            raise InvalidParameterError(f"{target.name} runs on backends {', '.join(target.backends)}, "
+                                        f"not {backend!r}.")
+        return backend
+    if isinstance(target, str):
+        return "torch"
+    for name in target.backends:
+        if name in BACKENDS:
+            return name
+    raise InvalidParameterError(f"no installed backend can run {target.name} "
+                                f"(it needs one of {', '.join(target.backends)}).")
+
+
+def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=None, *,
+                  backend: str = "torch", progress: bool = True, **options) -> Upscaler:
+    """Load (once per process) a model by registry name, file path or URL.
+
+    Cached by (backend, model, device, dtype, options): a second call returns the same object
+    without touching the disk. :func:`clear_cache` frees everything, GPU memory included.
+
+    >>> up = load_upscaler("realesr-animevideov3", device="cpu")
+    >>> up.scale, up.backend
+    (4, 'torch')
+    """
+    target = _resolve_target(name_or_path)
+    if backend == "auto":
+        backend = _choose_backend(target, backend)
+    key_name = target.name if isinstance(target, ModelSpec) else target
+    if device is None and backend == "torch":
+        from ..devices import resolve_device
+
+        device = str(resolve_device(None))
+    key = (backend, key_name, str(device), str(dtype), tuple(sorted(options.items())))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        up = backend_module(backend).load(target, device=device, dtype=dtype, progress=progress,
+                                          **options)
+        if isinstance(target, ModelSpec):
+            up.name = target.name
+        _CACHE[key] = up
+        log.info("loaded upscaler %s (%s on %s, %s)", up.name, backend, up.device, up.dtype)
+        return up
+
+
+def clear_cache() -> None:
+    """Drop every cached upscaler and return its memory (GPU memory too)."""
+    with _CACHE_LOCK:
+        for up in _CACHE.values():
+            try:
+                up.release()
+            except Exception:  # a failing release must not keep other models alive
+                log.exception("releasing %s failed", up.name)
+        _CACHE.clear()
+    gc.collect()
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    """H×W×C integer → C×H×W float32 in 0..1 (one pass, no float64 intermediate)."""
+    scale = np.float32(1.0 / (65535.0 if arr.dtype == np.uint16 else 255.0))
+    return np.multiply(arr.transpose(2, 0, 1), scale, dtype=np.float32)
+
+
+def _from_float(chw: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    maxv = 65535.0 if dtype == np.uint16 else 255.0
+    hwc = chw.transpose(1, 2, 0)
+    out = np.empty(hwc.shape, dtype=dtype)
+    np.copyto(out, np.clip(hwc * np.float32(maxv) + np.float32(0.5), 0, maxv), casting="unsafe")
+    return out
+
+
+def _resize(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """High-quality resize of a float32 C×H×W array to (w, h): area when shrinking, cubic else."""
+    import cv2
+
+    c, h, w = chw.shape
+    if (w, h) == size:
+        return chw
+    interp = cv2.INTER_AREA if size[0] <= w and size[1] <= h else cv2.INTER_CUBIC
+    hwc = cv2.resize(np.ascontiguousarray(chw.transpose(1, 2, 0)), size, interpolation=interp)
+    if hwc.ndim == 2:
+        hwc = hwc[..., None]
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar) -> tuple[np.ndarray, int]:
+    for i in range(passes):
+        remaining = passes - i
+
+        def on_retry(new_tile: int, _chw=chw, _left=remaining) -> None:
+            bar.total = bar.n + count_tiles(_chw.shape[1], _chw.shape[2], new_tile, overlap) * _left
+            bar.refresh()
+
+        chw, tile = run_with_backoff(up.run, chw, up.scale, tile, overlap, up.batch, bar, on_retry)
+    return chw, tile
+
+
+def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: float | None = None,
+            size: SizeArg = None, tile: int | None = None, overlap: int | None = None,
+            backend: str = "auto", device=None, dtype=None, progress: bool = True,
+            full_result: bool = False, **options):
+    """Upscale ``image`` with ``model`` to ``scale`` × or to ``size``; return the same kind of image.
+
+    ``image`` is a path (EXIF orientation applied), a PIL image, or a uint8/uint16 numpy array
+    (H×W or H×W×C). PIL in → PIL out (``.info`` records model, backend and factor); numpy in →
+    numpy out with the input's dtype and channels; 16-bit colour stays 16-bit (as numpy).
+    RGBA keeps its alpha (upscaled separately); gray stays gray.
+
+    ``scale`` is any factor: the model runs at its native scale (repeatedly if needed) and a
+    high-quality resize hits the exact size. ``size`` is ``N`` (long side, aspect kept) or
+    ``(w, h)`` (exact). ``tile=None`` chooses a tile size for the device, ``tile=0`` disables
+    tiling; out-of-memory halves the tile and retries. ``full_result=True`` returns an
+    :class:`UpscaleResult` instead of the bare image.
+
+    >>> from PIL import Image
+    >>> out = upscale(Image.new("RGB", (16, 12)), "realesr-animevideov3", scale=2, progress=False)
+    >>> out.size
+    (32, 24)
+    """
+    check_tiling(tile, overlap)
+    t0 = time.perf_counter()
+    arr, meta = read_image(image)
+    h, w, channels = arr.shape
+    target = _resolve_target(model)
+    chosen = _choose_backend(target, backend)
+    up = load_upscaler(target.name if isinstance(target, ModelSpec) else target, device, dtype,
+                       backend=chosen, progress=progress, **options)
+    default = up.default_scale or up.scale
+    out_size = target_size(w, h, scale=scale, size=size, default_scale=default)
+    passes = passes_needed(w, h, out_size, up.scale)
+    use_tile = up.default_tile if tile is None else tile
+    if up.max_tile and (use_tile == 0 or use_tile > up.max_tile):
+        use_tile = up.max_tile
+    ov = DEFAULT_OVERLAP if overlap is None else overlap
+
+    color_c = 1 if channels in (1, 2) else 3
+    has_alpha = channels in (2, 4)
+    alpha = arr[..., -1] if has_alpha else None
+    alpha_const = alpha is not None and alpha.min() == alpha.max()
+    runs = passes * (2 if has_alpha and not alpha_const else 1)
+
+    from tqdm.auto import tqdm
+
+    total = runs * count_tiles(h, w, use_tile, ov)  # first pass count; later passes refine it
+    with tqdm(total=total, desc=f"upscale {up.name}", unit="tile", disable=not progress,
+              leave=False) as bar:
+        color = _to_float(arr[..., :color_c])
+        if color_c == 1:
+            color = np.repeat(color, 3, axis=0)
+        rgb, used_tile = _run_passes(up, color, passes, use_tile, ov, bar)
+        del color
+        rgb = _resize(rgb, out_size)
+        if color_c == 1:
+            rgb = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), rgb, axes=1)[None]
+        planes = [rgb]
+        if has_alpha:
+            if alpha_const:
+                planes.append(np.full((1, out_size[1], out_size[0]), alpha.flat[0] /
+                                      (65535.0 if arr.dtype == np.uint16 else 255.0), np.float32))
+            else:
+                a = np.repeat(_to_float(alpha[..., None]), 3, axis=0)
+                a, used_tile = _run_passes(up, a, passes, used_tile, ov, bar)
+                planes.append(_resize(a, out_size).mean(axis=0, keepdims=True))
+        bar.total = bar.n
+        bar.refresh()
+    chw = planes[0] if len(planes) == 1 else np.concatenate(planes, axis=0)
+    out_arr = _from_float(chw, arr.dtype)
+    result = to_output(out_arr, meta)
+    factor = out_size[0] / w
+    res = UpscaleResult(result, up.name, up.backend, up.device, up.dtype, factor, out_size,
+                        used_tile, time.perf_counter() - t0, dict(meta.info))
+    if hasattr(result, "info"):
+        result.info.update(res.as_metadata())
+    return res if full_result else result

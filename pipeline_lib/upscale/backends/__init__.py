@@ -1,0 +1,50 @@
+"""Upscaler backends. Each module exposes ``load(target, device, dtype, **options) -> Upscaler``.
+
+``BACKENDS`` is the one registry of them (name → loader); ``upscale()`` looks names up here.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, InvalidParameterError
+
+
+@dataclass
+class Upscaler:
+    """A loaded model, ready for the tiler.
+
+    ``run`` takes float32 ``N×3×h×w`` arrays in 0..1 and returns ``N×3×(h·scale)×(w·scale)``.
+    """
+
+    name: str
+    backend: str
+    scale: int
+    run: Callable[[np.ndarray], np.ndarray]
+    device: str
+    dtype: str
+    default_tile: int = 256
+    max_tile: int | None = None
+    batch: int = 1
+    default_scale: float | None = None
+    release: Callable[[], None] = lambda: None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# name → module path; modules import their heavy packages lazily, so listing costs nothing
+BACKENDS: dict[str, str] = {
+    "torch": "pipeline_lib.upscale.backends.torch_backend",
+}
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise InvalidParameterError(f"unknown backend {name!r}; choose one of "
+                                    f"{', '.join(['auto', *BACKENDS])}.")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend {name!r} cannot be used: {exc}") from exc

@@ -1,0 +1,147 @@
+"""PyTorch backend: any architecture spandrel knows (ESRGAN/RRDBNet, SRVGG compact, SwinIR, ...)."""
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...devices import resolve_device, resolve_dtype, supports_bf16, free_memory
+from ...errors import InvalidParameterError, TileOutOfMemoryError, WeightsError
+from .. import weights as W
+from ..registry import ModelSpec
+from . import Upscaler
+
+log = logging.getLogger(__name__)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights without ever executing pickled code (safetensors, or weights_only pickles)."""
+    from spandrel import canonicalize_state_dict
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        elif suffix in (".pth", ".pt", ".ckpt", ".bin"):
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise WeightsError(f"{path}: unsupported weight file type {suffix!r}; use .pth, .pt, "
+                               ".ckpt or .safetensors.")
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refusing to load: the file holds pickled Python objects "
+                           f"beyond plain tensors ({exc}). Re-save it as .safetensors.") from None
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc}); the file "
+                           "is damaged or not a model. Delete it and fetch it again.") from None
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(sd).__name__}.")
+    return canonicalize_state_dict(sd)
+
+
+def _descriptor(sd: dict, source: str):
+    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+
+    try:
+        desc = ModelLoader().load_from_state_dict(sd)
+    except UnsupportedModelError:
+        hint = (" It looks like a Stable Diffusion checkpoint: use generate(model=...) for it."
+                if any(k.startswith(("model.diffusion_model", "first_stage_model")) for k in sd) else "")
+        raise WeightsError(f"{source}: not an upscaler architecture spandrel recognises.{hint}") from None
+    except Exception as exc:
+        raise WeightsError(f"{source}: weights do not fit their detected architecture ({exc}).") from None
+    if not isinstance(desc, ImageModelDescriptor) or desc.purpose not in ("SR", "Restoration", "FaceSR"):
+        raise WeightsError(f"{source}: {desc.architecture.name} is not an image-to-image upscaler.")
+    if desc.input_channels != 3 or desc.output_channels != 3:
+        raise WeightsError(f"{source}: {desc.architecture.name} takes {desc.input_channels} channels; "
+                           "only RGB models are supported.")
+    return desc
+
+
+def _default_dtype(desc, device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and desc.supports_half:
+        return torch.float16
+    return torch.float32
+
+
+def _auto_tile(desc, device: torch.device, dtype: torch.dtype) -> int:
+    free = free_memory(device)
+    if free is None:
+        return 256 if desc.architecture.name in ("ESRGAN",) else 384
+    # ~ bytes per input pixel for RRDBNet-class models at fp16 (peak activations, measured order of
+    # magnitude); keep half the free memory as head-room for the allocator and other models.
+    per_px = (24 if dtype == torch.float16 else 48) * 1024 // 16 * desc.scale ** 2
+    side = int(math.sqrt(free * 0.5 / per_px))
+    return max(64, min(1024, side // 32 * 32))
+
+
+def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool = True,
+         **options) -> Upscaler:
+    """Load ``target`` (a registry spec, a local weight file or an https URL) with spandrel."""
+    if options:
+        raise InvalidParameterError(f"the torch backend takes no options {sorted(options)}.")
+    dev = resolve_device(device)
+    if isinstance(target, ModelSpec):
+        path, name = W.weights_path(target, progress=progress), target.name
+    elif str(target).startswith(("https://", "http://")):
+        path, name = W.fetch_url(str(target), progress=progress), str(target)
+    else:
+        path, name = Path(target), str(target)
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such weight file.")
+    desc = _descriptor(load_state_dict(path), name)
+    if isinstance(target, ModelSpec) and desc.scale != target.scale:
+        raise WeightsError(f"{path}: detected x{desc.scale}, registry says x{target.scale}; "
+                           "the cached file is wrong. Delete it and run again.")
+    dt = resolve_dtype(dtype) or _default_dtype(desc, dev)
+    if dt == torch.float16 and (dev.type == "cpu" or not desc.supports_half):
+        log.warning("fp16 is not usable for %s on %s; using fp32", name, dev)
+        dt = torch.float32
+    if dt == torch.bfloat16 and not (desc.supports_bfloat16 and supports_bf16(dev)):
+        log.warning("bf16 has no native support for %s on %s; using fp32", name, dev)
+        dt = torch.float32
+    model = desc.model.eval().to(device=dev, dtype=dt)
+    if dev.type in ("cuda", "cpu"):
+        model = model.to(memory_format=torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # tiles share one shape, so autotuning pays off
+    req = desc.size_requirements
+    minimum, multiple = max(1, req.minimum), max(1, req.multiple_of)
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(device=dev, dtype=dt, non_blocking=True)
+        h, w = x.shape[-2:]
+        ph = max(minimum, math.ceil(h / multiple) * multiple) - h
+        pw = max(minimum, math.ceil(w / multiple) * multiple) - w
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            y = model(x)
+        except torch.cuda.OutOfMemoryError:
+            del x
+            torch.cuda.empty_cache()
+            raise TileOutOfMemoryError(f"out of GPU memory on a {h}×{w} tile") from None
+        if ph or pw:
+            y = y[..., : h * desc.scale, : w * desc.scale]
+        return y.clamp_(0, 1).float().cpu().numpy()
+
+    def release() -> None:
+        model.to("cpu")
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    return Upscaler(
+        name=name, backend="torch", scale=desc.scale, run=run, device=str(dev),
+        dtype=str(dt).replace("torch.", ""), default_tile=_auto_tile(desc, dev, dt),
+        default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
+        release=release, info={"architecture": desc.architecture.name, "weights": str(path)})

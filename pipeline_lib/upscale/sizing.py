@@ -1,0 +1,100 @@
+"""Output size arithmetic for ``upscale()``: ``scale`` / ``size`` → exact target and model passes."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Sequence, Union
+
+from ..errors import InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+SizeArg = Union[int, str, Sequence[int], None]
+MAX_SCALE = 32.0
+DEFAULT_MAX_OUTPUT_PIXELS = 268_435_456  # 16384²: about 3 GB of float32 canvas
+
+
+def max_output_pixels() -> int:
+    return int(os.environ.get("PIPELINE_LIB_MAX_OUTPUT_PIXELS", DEFAULT_MAX_OUTPUT_PIXELS))
+
+
+def parse_size(size: SizeArg) -> tuple[int, int] | int | None:
+    """Accept 2048, "2048", "1536x2048", (1536, 2048); return an int (long side) or (w, h)."""
+    if size is None:
+        return None
+    if isinstance(size, str):
+        text = size.lower().replace("×", "x").strip()
+        try:
+            if "x" in text:
+                w, h = text.split("x", 1)
+                return _check_side(int(w)), _check_side(int(h))
+            return _check_side(int(text))
+        except ValueError:
+            raise InvalidParameterError(f"size {size!r} is not 'N' or 'WxH' with positive integers.") from None
+    if isinstance(size, bool):
+        raise InvalidParameterError(f"size must be an int or (width, height), got {size!r}.")
+    if isinstance(size, (int,)) or hasattr(size, "__index__"):
+        return _check_side(int(size))
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return _check_side(size[0]), _check_side(size[1])
+    raise InvalidParameterError(f"size must be an int (long side) or (width, height), got {size!r}.")
+
+
+def _check_side(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) and not hasattr(v, "__index__"):
+        raise InvalidParameterError(f"size values must be integers, got {v!r}.")
+    v = int(v)
+    if v < 1:
+        raise InvalidParameterError(f"size values must be ≥ 1 pixel, got {v}.")
+    return v
+
+
+def check_scale(scale) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"scale must be a number, got {scale!r}.") from None
+    if not math.isfinite(s) or s <= 0 or s > MAX_SCALE:
+        raise InvalidParameterError(f"scale must be a finite number in (0, {MAX_SCALE:g}], got {scale!r}.")
+    return s
+
+
+def target_size(width: int, height: int, *, scale=None, size: SizeArg = None,
+                default_scale: float = 4.0) -> tuple[int, int]:
+    """Exact output ``(w, h)``. Aspect ratio is kept unless both sides are given explicitly.
+
+    >>> target_size(512, 768, size=2048)
+    (1365, 2048)
+    >>> target_size(100, 50, scale=3.2)
+    (320, 160)
+    """
+    if scale is not None and size is not None:
+        raise InvalidParameterError("give either scale or size, not both.")
+    parsed = parse_size(size)
+    if isinstance(parsed, tuple):
+        tw, th = parsed
+        src, dst = width / height, tw / th
+        if abs(src - dst) / src > 0.01:
+            log.warning("target %dx%d changes the aspect ratio from %.3f to %.3f; the image is "
+                        "stretched to fit exactly (pass one number to keep the aspect)",
+                        tw, th, src, dst)
+    elif isinstance(parsed, int):
+        f = parsed / max(width, height)
+        tw, th = (parsed, max(1, round(height * f))) if width >= height else (max(1, round(width * f)), parsed)
+    else:
+        s = check_scale(default_scale if scale is None else scale)
+        tw, th = max(1, round(width * s)), max(1, round(height * s))
+    if tw * th > max_output_pixels():
+        raise InvalidParameterError(
+            f"output {tw}×{th} = {tw * th:,} pixels exceeds the limit of {max_output_pixels():,}; "
+            "ask for a smaller scale/size or raise PIPELINE_LIB_MAX_OUTPUT_PIXELS.")
+    return tw, th
+
+
+def passes_needed(width: int, height: int, target: tuple[int, int], native: int) -> int:
+    """How many times to run a ×``native`` model so a final resize only ever shrinks (or is 1:1)."""
+    factor = max(target[0] / width, target[1] / height)
+    if factor <= native or native <= 1:
+        return 1
+    return math.ceil(math.log(factor) / math.log(native) - 1e-9)

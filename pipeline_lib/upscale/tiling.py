@@ -1,0 +1,138 @@
+"""A backend-agnostic tiler: overlapping tiles, feathered blending, OOM back-off.
+
+A backend hands in ``fn(batch) -> batch``, a function that upscales float32 ``N×C×h×w`` arrays
+(values 0..1) by an integer ``scale``. The tiler cuts the image into equal-size tiles (edge tiles
+slide inward so every tile has the same shape, which keeps batching and cuDNN autotuning
+effective), runs them, and blends each result into the output canvas with weights that are zero
+over the outer quarter of every overlap (pixels that saw the least context), ramp linearly across
+the middle half and stay one inside. Image borders are never feathered.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..errors import InvalidParameterError, TileOutOfMemoryError
+
+log = logging.getLogger(__name__)
+
+TileFn = Callable[[np.ndarray], np.ndarray]
+MIN_TILE = 16
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering ``length`` with at least ``overlap`` shared pixels."""
+    if tile >= length:
+        return [0]
+    stride = tile - overlap
+    n = math.ceil((length - tile) / stride) + 1
+    starts = [min(i * stride, length - tile) for i in range(n)]
+    return sorted(set(starts))
+
+
+def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
+    if tile <= 0:
+        return 1
+    return len(tile_starts(h, min(tile, h), overlap)) * len(tile_starts(w, min(tile, w), overlap))
+
+
+def _ramp(size: int, overlap: int, feather_start: bool, feather_end: bool) -> np.ndarray:
+    """Blend weights along one axis of a tile (already at output scale)."""
+    pos = np.arange(size, dtype=np.float32) + 0.5
+    w = np.ones(size, dtype=np.float32)
+    if overlap <= 0:
+        return w
+    q, h = overlap / 4.0, overlap / 2.0
+    if feather_start:
+        w = np.minimum(w, np.clip((pos - q) / h, 0.0, 1.0))
+    if feather_end:
+        w = np.minimum(w, np.clip((size - pos - q) / h, 0.0, 1.0))
+    return w
+
+
+def check_tiling(tile: int | None, overlap: int | None) -> None:
+    if tile is not None and (not isinstance(tile, (int, np.integer)) or tile < 0):
+        raise InvalidParameterError(f"tile must be an integer ≥ 0 (0 = no tiling), got {tile!r}.")
+    if tile and tile < MIN_TILE:
+        raise InvalidParameterError(f"tile must be 0 or at least {MIN_TILE} pixels, got {tile}.")
+    if overlap is not None and (not isinstance(overlap, (int, np.integer)) or overlap < 0):
+        raise InvalidParameterError(f"overlap must be an integer ≥ 0, got {overlap!r}.")
+    if tile and overlap is not None and overlap * 2 >= tile:
+        raise InvalidParameterError(f"overlap ({overlap}) must be less than half the tile ({tile}).")
+
+
+def run_tiled(fn: TileFn, image: np.ndarray, scale: int, tile: int, overlap: int,
+              batch: int = 1, progress: Progress | None = None) -> np.ndarray:
+    """Upscale a ``C×H×W`` float32 image tile by tile; return ``C'×sH×sW`` float32.
+
+    ``tile=0`` (or a tile not smaller than the image) runs the image in one call.
+    """
+    _, h, w = image.shape
+    if tile <= 0 or (tile >= h and tile >= w):
+        out = fn(image[None])[0]
+        if progress is not None:
+            progress.update(1)
+        return out
+    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    boxes = [(y, x) for y in ys for x in xs]
+    out: np.ndarray | None = None
+    weight = np.zeros((h * scale, w * scale), dtype=np.float32)
+    so = overlap * scale
+    for i in range(0, len(boxes), max(1, batch)):
+        group = boxes[i:i + max(1, batch)]
+        inp = np.stack([image[:, y:y + th, x:x + tw] for y, x in group])
+        res = fn(inp)
+        if res.shape[-2:] != (th * scale, tw * scale):
+            raise RuntimeError(f"backend returned tiles of {res.shape[-2:]}, expected "
+                               f"{(th * scale, tw * scale)} (scale {scale}).")
+        if out is None:
+            out = np.zeros((res.shape[1], h * scale, w * scale), dtype=np.float32)
+        for (y, x), tile_out in zip(group, res):
+            wy = _ramp(th * scale, so, y > 0, y + th < h)
+            wx = _ramp(tw * scale, so, x > 0, x + tw < w)
+            w2 = wy[:, None] * wx[None, :]
+            ys_, xs_ = slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
+            out[:, ys_, xs_] += tile_out * w2
+            weight[ys_, xs_] += w2
+        if progress is not None:
+            progress.update(len(group))
+    assert out is not None
+    out /= weight
+    return out
+
+
+def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overlap: int,
+                     batch: int = 1, progress=None, on_retry: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, int]:
+    """:func:`run_tiled`, halving the tile on :class:`TileOutOfMemoryError` until it fits.
+
+    Returns the output and the tile size that worked. ``on_retry(new_tile)`` lets the caller
+    reset its progress bar.
+    """
+    _, h, w = image.shape
+    while True:
+        try:
+            return run_tiled(fn, image, scale, tile, min(overlap, max(tile // 2 - 1, 0)),
+                             batch, progress), tile
+        except TileOutOfMemoryError:
+            current = tile if tile > 0 else max(h, w)
+            if batch > 1:
+                batch = 1
+            elif current // 2 < MIN_TILE:
+                raise TileOutOfMemoryError(
+                    f"out of memory even with {current}px tiles; free GPU memory (clear_cache(), "
+                    "unload the diffusion pipeline) or run on device='cpu'.") from None
+            else:
+                tile = current // 2
+            log.warning("out of memory; retrying with tile=%d batch=%d (pass tile=%d to skip this)",
+                        tile, batch, tile)
+            if on_retry is not None:
+                on_retry(tile)
