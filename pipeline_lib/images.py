@@ -181,8 +181,8 @@ def to_output(arr: np.ndarray, meta: ImageMeta) -> Image.Image | np.ndarray:
     if meta.kind == "numpy" or (arr.dtype == np.uint16 and arr.shape[2] > 1):
         return arr[..., 0] if meta.squeeze else arr
     if arr.shape[2] == 1:
-        return Image.fromarray(arr[..., 0], "I;16" if arr.dtype == np.uint16 else "L")
-    return Image.fromarray(arr, {2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]])
+        return Image.fromarray(arr[..., 0])  # uint8 → "L", uint16 → "I;16"
+    return Image.fromarray(arr, "LA") if arr.shape[2] == 2 else Image.fromarray(arr)
 
 
 # ---------------------------------------------------------------- saving

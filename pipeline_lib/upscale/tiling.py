@@ -27,20 +27,25 @@ class Progress(Protocol):
     def update(self, n: int = 1) -> object: ...
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles covering ``length`` with at least ``overlap`` shared pixels."""
+def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """Tile size and start offsets covering ``length`` with at least ``overlap`` shared pixels.
+
+    Uses the fewest tiles that fit within ``tile``, then shrinks them to share the length evenly:
+    512 px with tile=256, overlap=64 becomes three 214-px tiles rather than three 256-px tiles
+    (a third less work), all of one size so they batch.
+    """
     if tile >= length:
-        return [0]
-    stride = tile - overlap
-    n = math.ceil((length - tile) / stride) + 1
-    starts = [min(i * stride, length - tile) for i in range(n)]
-    return sorted(set(starts))
+        return length, [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length - overlap) / n) + overlap
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return size, starts
 
 
 def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
     if tile <= 0:
         return 1
-    return len(tile_starts(h, min(tile, h), overlap)) * len(tile_starts(w, min(tile, w), overlap))
+    return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])
 
 
 def _ramp(size: int, overlap: int, feather_start: bool, feather_end: bool) -> np.ndarray:
@@ -80,8 +85,8 @@ def run_tiled(fn: TileFn, image: np.ndarray, scale: int, tile: int, overlap: int
         if progress is not None:
             progress.update(1)
         return out
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    th, ys = tile_layout(h, tile, overlap)
+    tw, xs = tile_layout(w, tile, overlap)
     boxes = [(y, x) for y in ys for x in xs]
     out: np.ndarray | None = None
     weight = np.zeros((h * scale, w * scale), dtype=np.float32)

@@ -144,4 +144,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         name=name, backend="torch", scale=desc.scale, run=run, device=str(dev),
         dtype=str(dt).replace("torch.", ""), default_tile=_auto_tile(desc, dev, dt),
         default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
-        release=release, info={"architecture": desc.architecture.name, "weights": str(path)})
+        release=release, info={"architecture": desc.architecture.name, "weights": str(path), "module": model})

@@ -1,0 +1,114 @@
+"""The tiler: tiled = untiled within stated tolerance, no seams, OOM back-off."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import psnr
+from pipeline_lib import load_upscaler, upscale
+from pipeline_lib.upscale.tiling import run_tiled, tile_layout
+
+FAST = "realesr-animevideov3"
+
+
+@pytest.fixture(scope="module")
+def crop(photo):
+    return photo.crop((150, 60, 246, 156))  # 96×96 face region of the real photograph
+
+
+def test_tiled_matches_untiled_on_a_photo(crop):
+    ref = np.asarray(upscale(crop, FAST, tile=0, progress=False), dtype=np.float64)
+    out = np.asarray(upscale(crop, FAST, tile=48, overlap=16, progress=False), dtype=np.float64)
+    value = psnr(ref, out)
+    print(f"animevideov3 tile=48 overlap=16: {value:.1f} dB")
+    assert value >= 50
+    # seams: the error on the rows/cols where tiles meet is no worse than 3x the mean error
+    size, starts = tile_layout(96, 48, 16)
+    diff = np.abs(ref - out).mean(axis=2)
+    border_rows = [4 * (s + (size - (starts[1] - starts[0])) // 2) for s in starts[1:]]
+    seam = max(diff[r - 2:r + 2].mean() for r in border_rows)
+    assert diff.max() <= 12, f"max difference {diff.max()}"
+    assert seam <= 3 * diff.mean() + 0.5
+
+
+def test_rrdbnet_tiled_on_a_photo(crop):
+    img = crop.crop((0, 0, 64, 48))
+    ref = upscale(img, "realesrgan-x4plus", tile=0, progress=False)
+    out = upscale(img, "realesrgan-x4plus", tile=40, overlap=16, progress=False)
+    value = psnr(ref, out)
+    print(f"x4plus tile=40 overlap=16: {value:.1f} dB")
+    assert value >= 38  # small overlap on a tiny image; defaults (overlap 32+) reach more
+
+
+def test_oom_backoff_halves_tiles_and_matches(crop, caplog):
+    up = load_upscaler(FAST, device="cpu")
+    module = up.info["module"]
+    real_forward = module.forward
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape[-1])
+        if x.shape[-1] > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(x)
+
+    module.forward = forward
+    try:
+        with caplog.at_level(logging.WARNING):
+            res = upscale(crop, FAST, tile=0, progress=False, full_result=True)
+    finally:
+        module.forward = real_forward
+    assert "out of memory" in caplog.text
+    assert res.tile == 24 and max(calls) == 96 and calls[-1] <= 40
+    ref = upscale(crop, FAST, tile=0, progress=False)
+    assert psnr(res.image, ref) >= 45
+
+
+def test_run_tiled_with_identity_like_fn_is_exact():
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 37, 53), dtype=np.float32)
+
+    def nearest2(batch):
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    out = run_tiled(nearest2, img, 2, tile=16, overlap=4, batch=3)
+    np.testing.assert_allclose(out, nearest2(img[None])[0], atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(1, 3000), tile=st.integers(16, 700), overlap=st.integers(0, 200))
+def test_layout_covers_with_overlap(length, tile, overlap):
+    overlap = min(overlap, tile // 2 - 1)
+    size, starts = tile_layout(length, tile, overlap)
+    assert size <= max(tile, 1) or len(starts) == 1
+    assert starts[0] == 0 and starts[-1] + size == length
+    for a, b in zip(starts, starts[1:]):
+        assert a + size - b >= overlap  # neighbours share at least `overlap` pixels
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), tile=st.integers(16, 48),
+       overlap=st.integers(0, 7), scale=st.sampled_from([1, 2, 3]))
+def test_tiled_equals_untiled_for_pointwise_fn(h, w, tile, overlap, scale):
+    rng = np.random.default_rng(h * 1000 + w)
+    img = rng.random((3, h, w), dtype=np.float32)
+
+    def fn(batch):
+        return np.sqrt(batch).repeat(scale, axis=2).repeat(scale, axis=3)
+
+    out = run_tiled(fn, img, scale, tile, overlap)
+    assert out.shape == (3, h * scale, w * scale)
+    np.testing.assert_allclose(out, fn(img[None])[0], atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(w=st.integers(1, 40), h=st.integers(1, 40), scale=st.floats(0.3, 6.0))
+def test_output_size_is_always_exact(w, h, scale):
+    arr = np.full((h, w, 3), 90, np.uint8)
+    out = upscale(arr, FAST, scale=scale, progress=False)
+    assert out.shape == (max(1, round(h * scale)), max(1, round(w * scale)), 3)
