@@ -112,15 +112,18 @@ def _choose_backend(target: ModelSpec | str, backend: str) -> str:
 
 def _auto_candidates(target: ModelSpec | str) -> list[tuple[ModelSpec | str, str]]:
     """What ``backend="auto"`` tries, in order: the requested model on each of its backends, then
-    (for a non-OpenCV model) Real-ESRGAN, EDSR, FSRCNN, ESPCN, LapSRN at the model's output scale."""
+    (for a non-OpenCV model) Real-ESRGAN, EDSR, ESPCN, FSRCNN, LapSRN at the model's output scale.
+
+    ESPCN precedes FSRCNN because it measured higher PSNR at every scale (tests/test_opencv_backend.py).
+    """
     if isinstance(target, str):
         return [(target, _choose_backend(target, "auto"))]
     cands = [(target, b) for b in target.backends if b in BACKENDS]
     if "opencv" in target.backends:  # an OpenCV model asked for by name: no substitutes
         return cands
     s = round(target.output_scale)
-    for name in (f"realesrgan-x{s}plus", f"edsr-x{s}", f"fsrcnn-x{s}", f"espcn-x{s}",
-                 f"lapsrn-x{s}", "fsrcnn-x4"):
+    for name in (f"realesrgan-x{s}plus", f"edsr-x{s}", f"espcn-x{s}", f"fsrcnn-x{s}",
+                 f"lapsrn-x{s}", "espcn-x4"):
         spec = MODELS.get(name)
         if spec is not None:
             cands += [(spec, b) for b in spec.backends if b in BACKENDS and (spec, b) not in cands]
@@ -137,11 +140,14 @@ def _load_auto(target: ModelSpec | str, device, dtype, progress: bool, options: 
     """
     wanted = target.name if isinstance(target, ModelSpec) else target
     failed: list[str] = []
-    for cand, backend in _auto_candidates(target):
+    cands = _auto_candidates(target)
+    for cand, backend in cands:
         name = cand.name if isinstance(cand, ModelSpec) else cand
         try:
             up = load_upscaler(cand, device, dtype, backend=backend, progress=progress, **options)
         except (BackendUnavailableError, WeightsError) as exc:
+            if len(cands) == 1:  # nothing to fall back to: the original error says most
+                raise
             failed.append(f"{name} on {backend}: {str(exc).split('. ')[0]}")
             continue
         if not failed:
@@ -152,7 +158,7 @@ def _load_auto(target: ModelSpec | str, device, dtype, progress: bool, options: 
         log.warning("upscaler auto: using %s on %s instead of %s, because %s", name, backend,
                     wanted, why)
         return up, f"{name} on {backend} instead of {wanted}: {why}"
-    raise BackendUnavailableError(f"no upscaler could be loaded for {wanted}: {'; '.join(failed)}. "
+    raise BackendUnavailableError(f"no upscaler could be loaded for {wanted}: {'; '.join(failed)}; "
                                   "Install torch, or allow the weight download (unset "
                                   "PIPELINE_LIB_OFFLINE / HF_HUB_OFFLINE).")
 
