@@ -208,6 +208,9 @@ def test_auto_without_torch_uses_opencv(tmp_path):
     code = textwrap.dedent("""
         import logging, sys
         sys.modules["torch"] = None  # every `import torch` now raises ImportError
+        # Real-ESRGAN on ncnn (where that backend is installed) comes before EDSR in the chain;
+        # block it too so this test sees the OpenCV end of the chain.
+        sys.modules["ncnn"] = None
         logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s")
         from PIL import Image
         from pipeline_lib import upscale
