@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidParameterError, UnknownModelError
+from ..errors import BackendUnavailableError, InvalidParameterError, UnknownModelError, WeightsError
 from ..images import ImageInput, ImageMeta, read_image, to_output
 from . import registry
 from .backends import BACKENDS, Upscaler, backend_module
@@ -48,12 +48,17 @@ class UpscaleResult:
     tile: int
     seconds: float
     source_metadata: dict[str, str] = field(default_factory=dict)
+    # set when backend="auto" used another model/backend than the one asked for: why
+    fallback: str | None = None
 
     def as_metadata(self) -> dict[str, str]:
         """Text chunks for the saved file: the source's own (e.g. generation parameters) plus
-        which upscaler made this image."""
-        return {**self.source_metadata, "upscaler": self.model, "upscale_backend": self.backend,
+        which upscaler made this image (and, after an automatic fallback, why)."""
+        meta = {**self.source_metadata, "upscaler": self.model, "upscale_backend": self.backend,
                 "upscale_factor": f"{self.scale:g}"}
+        if self.fallback:
+            meta["upscale_fallback"] = self.fallback
+        return meta
 
 
 def list_upscalers() -> list[dict[str, Any]]:
@@ -84,6 +89,10 @@ def _resolve_target(model: str | Path | ModelSpec) -> ModelSpec | str:
     return get_spec(text)  # raises with suggestions
 
 
+def _is_pb(target: ModelSpec | str) -> bool:
+    return isinstance(target, str) and target.lower().endswith(".pb")
+
+
 def _choose_backend(target: ModelSpec | str, backend: str) -> str:
     if backend != "auto":
         if backend not in BACKENDS:
@@ -93,7 +102,7 @@ def _choose_backend(target: ModelSpec | str, backend: str) -> str:
                                         f"not {backend!r}.")
         return backend
     if isinstance(target, str):
-        return "torch"
+        return "opencv" if _is_pb(target) else "torch"
     for name in target.backends:
         if name in BACKENDS:
             return name
@@ -101,12 +110,66 @@ def _choose_backend(target: ModelSpec | str, backend: str) -> str:
                                 f"(it needs one of {', '.join(target.backends)}).")
 
 
+def _auto_candidates(target: ModelSpec | str) -> list[tuple[ModelSpec | str, str]]:
+    """What ``backend="auto"`` tries, in order: the requested model on each of its backends, then
+    (for a non-OpenCV model) Real-ESRGAN, EDSR, ESPCN, FSRCNN, LapSRN at the model's output scale.
+
+    ESPCN precedes FSRCNN because it measured higher PSNR at every scale (tests/test_opencv_backend.py).
+    """
+    if isinstance(target, str):
+        return [(target, _choose_backend(target, "auto"))]
+    cands = [(target, b) for b in target.backends if b in BACKENDS]
+    if "opencv" in target.backends:  # an OpenCV model asked for by name: no substitutes
+        return cands
+    s = round(target.output_scale)
+    for name in (f"realesrgan-x{s}plus", f"edsr-x{s}", f"espcn-x{s}", f"fsrcnn-x{s}",
+                 f"lapsrn-x{s}", "espcn-x4"):
+        spec = MODELS.get(name)
+        if spec is not None:
+            cands += [(spec, b) for b in spec.backends if b in BACKENDS and (spec, b) not in cands]
+    return cands
+
+
+def _load_auto(target: ModelSpec | str, device, dtype, progress: bool, options: dict
+               ) -> tuple[Upscaler, str | None]:
+    """Load the first candidate that works; log one line saying what was chosen and why.
+
+    Returns the upscaler and, when it is not the requested model/first backend, the reason.
+    Only "cannot be used here" errors (backend not importable, weights missing/unreachable or
+    damaged) move on to the next candidate; bad arguments still raise.
+    """
+    wanted = target.name if isinstance(target, ModelSpec) else target
+    failed: list[str] = []
+    cands = _auto_candidates(target)
+    for cand, backend in cands:
+        name = cand.name if isinstance(cand, ModelSpec) else cand
+        try:
+            up = load_upscaler(cand, device, dtype, backend=backend, progress=progress, **options)
+        except (BackendUnavailableError, WeightsError) as exc:
+            if len(cands) == 1:  # nothing to fall back to: the original error says most
+                raise
+            failed.append(f"{name} on {backend}: {str(exc).split('. ')[0]}")
+            continue
+        if not failed:
+            log.info("upscaler auto: %s on %s (requested model; %s imports and its weights are "
+                     "available)", name, backend, backend)
+            return up, None
+        why = f"{'; '.join(failed)}"
+        log.warning("upscaler auto: using %s on %s instead of %s, because %s", name, backend,
+                    wanted, why)
+        return up, f"{name} on {backend} instead of {wanted}: {why}"
+    raise BackendUnavailableError(f"no upscaler could be loaded for {wanted}: {'; '.join(failed)}; "
+                                  "Install torch, or allow the weight download (unset "
+                                  "PIPELINE_LIB_OFFLINE / HF_HUB_OFFLINE).")
+
+
 def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=None, *,
-                  backend: str = "torch", progress: bool = True, **options) -> Upscaler:
+                  backend: str = "auto", progress: bool = True, **options) -> Upscaler:
     """Load (once per process) a model by registry name, file path or URL.
 
     Cached by (backend, model, device, dtype, options): a second call returns the same object
-    without touching the disk. :func:`clear_cache` frees everything, GPU memory included.
+    without touching the disk. ``backend="auto"`` may substitute a model exactly as
+    :func:`upscale` does; the returned upscaler's ``name``/``backend`` say what was loaded. :func:`clear_cache` frees everything, GPU memory included.
 
     >>> up = load_upscaler("realesr-animevideov3", device="cpu")
     >>> up.scale, up.backend
@@ -114,8 +177,10 @@ def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=N
     """
     target = _resolve_target(name_or_path)
     if backend == "auto":
-        backend = _choose_backend(target, backend)
+        return _load_auto(target, device, dtype, progress, options)[0]
+    backend = _choose_backend(target, backend)  # checks the model runs on it
     key_name = target.name if isinstance(target, ModelSpec) else target
+    module = backend_module(backend)  # first, so a missing torch is a BackendUnavailableError
     if device is None and backend == "torch":
         from ..devices import resolve_device
 
@@ -125,7 +190,7 @@ def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=N
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        up = backend_module(backend).load(target, device=device, dtype=dtype, progress=progress,
+        up = module.load(target, device=device, dtype=dtype, progress=progress,
                                           **options)
         if isinstance(target, ModelSpec):
             up.name = target.name
@@ -203,6 +268,13 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     tiling; out-of-memory halves the tile and retries. ``full_result=True`` returns an
     :class:`UpscaleResult` instead of the bare image.
 
+    ``backend="auto"`` runs ``model`` on torch when torch imports and its weights are available
+    (packaged, cached or downloadable); otherwise it falls back, in order, to Real-ESRGAN, EDSR
+    (cached or downloadable), then the bundled FSRCNN / ESPCN / LapSRN at the model's output scale
+    (OpenCV, no torch needed), logging one line that says what it chose and why. What actually ran
+    is reported: ``UpscaleResult.model`` / ``.backend`` (and ``.fallback``, the reason), and for
+    PIL output ``.info["upscaler"]``, ``["upscale_backend"]`` and ``["upscale_fallback"]``.
+
     >>> from PIL import Image
     >>> out = upscale(Image.new("RGB", (16, 12)), "realesr-animevideov3", scale=2, progress=False)
     >>> out.size
@@ -213,9 +285,12 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     arr, meta = read_image(image)
     h, w, channels = arr.shape
     target = _resolve_target(model)
-    chosen = _choose_backend(target, backend)
-    up = load_upscaler(target.name if isinstance(target, ModelSpec) else target, device, dtype,
-                       backend=chosen, progress=progress, **options)
+    if backend == "auto":  # may substitute a model: result.model/backend and .info say which
+        up, fallback = _load_auto(target, device, dtype, progress, options)
+    else:
+        up = load_upscaler(target, device, dtype, backend=_choose_backend(target, backend),
+                           progress=progress, **options)
+        fallback = None
     default = up.default_scale or up.scale
     out_size = target_size(w, h, scale=scale, size=size, default_scale=default)
     passes = passes_needed(w, h, out_size, up.scale)
@@ -259,7 +334,7 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     result = to_output(out_arr, meta)
     factor = out_size[0] / w
     res = UpscaleResult(result, up.name, up.backend, up.device, up.dtype, factor, out_size,
-                        used_tile, time.perf_counter() - t0, dict(meta.info))
+                        used_tile, time.perf_counter() - t0, dict(meta.info), fallback)
     if hasattr(result, "info"):
         result.info.update(res.as_metadata())
     return res if full_result else result

