@@ -204,8 +204,8 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
 
     >>> from fastapi.testclient import TestClient                            # doctest: +SKIP
     >>> with TestClient(create_app("realesr-animevideov3", device="cpu")) as client:  # doctest: +SKIP
-    ...     client.get("/health").json()["status"]
-    'ok'
+    ...     client.get("/health").json()["status"]      # the model loads in the background
+    'loading'
     """
     limits = limits or ServerLimits.from_env()
     target = _resolve_target(model)  # fail fast on typos, not minutes later in a log
