@@ -22,6 +22,18 @@ __all__ = [
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",
+    "create_app", "serve", "ServerLimits",
 ]
+
+# The HTTP service pulls in FastAPI/uvicorn; load it on first use so `import pipeline_lib` stays fast.
+_LAZY = {"create_app": "server", "serve": "server", "ServerLimits": "server"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,48 @@
+"""``python -m pipeline_lib serve``: the HTTP upscaling service (FastAPI + uvicorn)."""
+from __future__ import annotations
+
+import argparse
+
+_MB = 1024 * 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default %(default)s: this machine only; use 0.0.0.0 "
+                        "only behind a reverse proxy)")
+    p.add_argument("--port", type=int, default=8997, help="TCP port (default %(default)s)")
+    p.add_argument("-m", "--model", default="realesrgan-x4plus",
+                   help="registry name, weight file or https URL (default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")
+    p.add_argument("--backend", default="auto", help="auto, torch, ... (default %(default)s)")
+    p.add_argument("--tile", type=int, help="tile size in input px (default: auto)")
+    limits = p.add_argument_group("limits (default: PIPELINE_LIB_SERVER_* environment, then built-in)")
+    limits.add_argument("--max-upload-mb", type=float, help="largest request body, MB (default 20)")
+    limits.add_argument("--max-input-pixels", type=int, help="largest input, pixels (default 2048²)")
+    limits.add_argument("--max-output-pixels", type=int,
+                        help="largest canvas the model produces, pixels (default 4096²)")
+    limits.add_argument("--max-n", type=int, help="largest n per request (default 4)")
+    limits.add_argument("--max-pending", type=int,
+                        help="requests in flight before answering 503 busy (default 32)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info",
+                                                           "debug"], help="uvicorn log level")
+
+
+def limits_from_args(args: argparse.Namespace):
+    """CLI flags over ``PIPELINE_LIB_SERVER_*`` variables over defaults."""
+    from ..server import ServerLimits
+
+    upload = None if args.max_upload_mb is None else int(args.max_upload_mb * _MB)
+    return ServerLimits.from_env(max_upload_bytes=upload, max_input_pixels=args.max_input_pixels,
+                                 max_output_pixels=args.max_output_pixels, max_n=args.max_n,
+                                 max_pending=args.max_pending)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..server import serve
+
+    opts = {"tile": args.tile} if args.tile is not None else {}
+    serve(args.host, args.port, args.model, args.device, limits_from_args(args),
+          log_level=args.log_level, dtype=args.dtype, backend=args.backend, **opts)
+    return 0
