@@ -37,6 +37,7 @@ class Upscaler:
 # name → module path; modules import their heavy packages lazily, so listing costs nothing
 BACKENDS: dict[str, str] = {
     "torch": "pipeline_lib.upscale.backends.torch_backend",
+    "ncnn": "pipeline_lib.upscale.backends.ncnn_backend",
 }
 
 
