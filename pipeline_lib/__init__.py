@@ -13,11 +13,12 @@ from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError
                      TileOutOfMemoryError, UnknownModelError, WeightsError)
 from .images import read_image, save_image
 from .upscale import (UpscaleResult, clear_cache, list_upscalers, load_upscaler, upscale)
+from .media import upscale_file
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "upscale", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
+    "upscale", "upscale_file", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
     "save_image", "read_image",
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",

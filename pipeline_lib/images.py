@@ -259,22 +259,33 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # atomic "create if absent"
-            except FileExistsError:
-                raise OutputExistsError(f"{dest} appeared while writing; not overwritten.") from None
-            except OSError:  # file systems without hard links
-                if dest.exists():
-                    raise OutputExistsError(f"{dest} already exists; not overwritten.") from None
-                os.replace(tmp, dest)
+        publish_file(tmp, dest, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
+
+
+def publish_file(tmp: str | os.PathLike, dest: Path, overwrite: bool = False) -> None:
+    """Move a finished temp file (same folder as ``dest``) into place in one atomic step.
+
+    Without ``overwrite`` an existing ``dest`` is never replaced, even one created meanwhile.
+    For outputs too big to hold in memory (videos), written to the temp file directly.
+    """
+    os.chmod(tmp, 0o644)
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)  # atomic "create if absent"
+    except FileExistsError:
+        raise OutputExistsError(f"{dest} appeared while writing; not overwritten.") from None
+    except OSError:  # file systems without hard links
+        if dest.exists():
+            raise OutputExistsError(f"{dest} already exists; not overwritten.") from None
+        os.replace(tmp, dest)
+        return
+    os.unlink(tmp)
 
 
 def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike, *,

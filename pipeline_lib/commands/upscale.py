@@ -12,10 +12,13 @@ from ..upscale.sizing import check_scale, parse_size
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# animated images and videos, handled by media.upscale_file (kept in sync with media.py)
+MEDIA_SUFFIXES = {".gif", ".apng", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursed)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image, animated image (GIF/WebP/APNG) or video files, or folders (recursed)")
     p.add_argument("-o", "--output", required=True,
                    help="output folder (created if missing), or a file path for a single input")
     p.add_argument("-m", "--model", default="realesrgan-x4plus",
@@ -28,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto, torch, opencv, ncnn")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")
-    p.add_argument("--format", default="png", choices=["png", "jpg", "webp", "tif", "keep"],
-                   help="output format (default png; 'keep' uses the input's)")
+    p.add_argument("--format", choices=["png", "jpg", "webp", "tif", "keep"],
+                   help="output format (default png; 'keep' uses the input's); animations keep "
+                        "theirs unless png or webp is asked, videos always keep theirs")
     p.add_argument("--suffix", default="_upscaled", help="added to output names (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -41,7 +45,8 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
         p = Path(item)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | MEDIA_SUFFIXES
+                        and not f.name.startswith(".")):
                     found.append((f, f.relative_to(p)))
         else:
             found.append((p, Path(p.name)))
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..images import save_image
+    from ..media import media_kind, upscale_file
     from ..upscale import upscale
 
     if args.scale is not None:
@@ -69,10 +75,15 @@ def run(args: argparse.Namespace) -> int:
         print("error: no input images found", file=sys.stderr)
         return 2
     out = Path(args.output)
-    single = len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    single = (len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES | MEDIA_SUFFIXES
+              and not out.is_dir())
     failed = skipped = done = 0
     for src, rel in tqdm(files, desc="images", unit="img", disable=len(files) < 2):
-        dest = output_path(rel, out, single, args.format, args.suffix)
+        kind = media_kind(src)
+        fmt = args.format or ("png" if kind == "still" else "keep")
+        if kind == "video" or (kind == "animated" and fmt not in ("png", "webp")):
+            fmt = "keep"
+        dest = output_path(rel, out, single, fmt, args.suffix)
         if dest.exists() and dest.resolve() == src.resolve():
             print(f"{src}: refusing to write the output over its own input", file=sys.stderr)
             failed += 1
@@ -80,6 +91,18 @@ def run(args: argparse.Namespace) -> int:
         if dest.exists() and not args.overwrite:
             print(f"{src}: skipped, {dest} exists (use --overwrite to replace it)")
             skipped += 1
+            continue
+        if kind != "still":
+            try:
+                upscale_file(src, dest, model=args.model, scale=args.scale, size=size,
+                             overwrite=args.overwrite, tile=args.tile, overlap=args.overlap,
+                             backend=args.backend, device=args.device, dtype=args.dtype)
+            except (PipelineError, OSError) as exc:
+                print(f"{src}: failed: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            done += 1
+            log.info("%s → %s (%s)", src, dest, kind)
             continue
         try:
             res = upscale(src, args.model, scale=args.scale, size=size, tile=args.tile,

@@ -101,7 +101,9 @@ def _choose_backend(target: ModelSpec | str, backend: str) -> str:
             raise InvalidParameterError(f"{target.name} runs on backends {', '.join(target.backends)}, "
                                         f"not {backend!r}.")
         return backend
-    if isinstance(target, str):
+    if isinstance(target, str):  # a local file or URL: the suffix says which runtime reads it
+        if target.lower().endswith(".param"):
+            return "ncnn"
         return "opencv" if _is_pb(target) else "torch"
     for name in target.backends:
         if name in BACKENDS:
@@ -296,6 +298,9 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     passes = passes_needed(w, h, out_size, up.scale)
     use_tile = up.default_tile if tile is None else tile
     if up.max_tile and (use_tile == 0 or use_tile > up.max_tile):
+        if tile is not None:
+            log.info("the %s backend tiles at most %d px (asked: %s); using %d", up.backend,
+                     up.max_tile, tile or "no tiling", up.max_tile)
         use_tile = up.max_tile
     ov = DEFAULT_OVERLAP if overlap is None else overlap
 

@@ -38,6 +38,7 @@ class Upscaler:
 BACKENDS: dict[str, str] = {
     "torch": "pipeline_lib.upscale.backends.torch_backend",
     "opencv": "pipeline_lib.upscale.backends.opencv_backend",
+    "ncnn": "pipeline_lib.upscale.backends.ncnn_backend",
 }
 
 

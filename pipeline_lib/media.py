@@ -1,0 +1,258 @@
+"""Upscale files of any kind: still images, animated GIF/WebP/APNG, and videos (PyAV).
+
+>>> from pipeline_lib import upscale_file
+>>> upscale_file("clip.gif", "clip_x2.gif", model="realesr-animevideov3", scale=2)  # doctest: +SKIP
+PosixPath('clip_x2.gif')
+
+Every frame goes through :func:`pipeline_lib.upscale` with the same (cached) model; one progress
+bar counts frames. Outputs are written atomically and never replace an existing file unless
+``overwrite=True``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from .errors import (BackendUnavailableError, ImageReadError, InvalidParameterError,
+                     OutputExistsError)
+from .images import atomic_write, publish_file, save_image
+from .upscale import DEFAULT_MODEL, upscale
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
+ANIMATED_SUFFIXES = {".gif", ".webp", ".png", ".apng"}
+_ANIM_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".apng": "PNG"}
+# Encoders to try for a source codec, best first (PyAV wheels ship libx264, libvpx and mpeg4).
+_ENCODERS = {"h264": ("libx264", "h264", "mpeg4"), "hevc": ("libx265", "libx264", "mpeg4"),
+             "vp9": ("libvpx-vp9", "libvpx"), "vp8": ("libvpx", "libvpx-vp9"),
+             "av1": ("libaom-av1", "libsvtav1", "libvpx-vp9")}
+_WEBM = ("libvpx-vp9", "libvpx", "libaom-av1")
+
+
+def media_kind(path: str | os.PathLike) -> str:
+    """``"video"``, ``"animated"`` (GIF/WebP/APNG with more than one frame) or ``"still"``."""
+    p = Path(path)
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
+    if p.suffix.lower() in ANIMATED_SUFFIXES:
+        try:
+            with Image.open(p) as im:
+                if getattr(im, "is_animated", False):
+                    return "animated"
+        except (UnidentifiedImageError, OSError):
+            pass  # read_image reports it properly
+    return "still"
+
+
+def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str = DEFAULT_MODEL,
+                 scale: float | None = None, size=None, overwrite: bool = False,
+                 progress: bool = True, **upscale_kwargs) -> Path:
+    """Upscale the image, animation or video at ``path`` into ``out``; return ``out``.
+
+    - still images: read, upscale, save (the source's text metadata kept, upscaler info added);
+    - animated GIF/WebP/APNG: every frame upscaled; durations, loop count, disposal and
+      transparency kept (the output format follows ``out``'s suffix: .gif, .webp, .png/.apng);
+    - videos (.mp4 .mov .mkv .webm .avi .m4v): frames decoded, upscaled and re-encoded with the
+      source's codec family (yuv420p, so odd sizes are cropped to even and a warning says so);
+      audio streams are copied without re-encoding.
+
+    ``model``/``scale``/``size`` and any other keyword (``backend``, ``device``, ``tile``, ...)
+    are those of :func:`pipeline_lib.upscale`.
+    """
+    src, dest = Path(path), Path(out)
+    if "full_result" in upscale_kwargs:
+        raise InvalidParameterError("upscale_file() writes a file; full_result is not accepted.")
+    if not src.is_file():
+        raise ImageReadError(f"{src}: no such file.")
+    if dest.exists() and dest.resolve() == src.resolve():
+        raise InvalidParameterError(f"{dest}: refusing to write the output over its own input.")
+    if dest.exists() and not overwrite:
+        raise OutputExistsError(f"{dest} already exists; pass overwrite=True (CLI: --overwrite) "
+                                "or choose another name.")
+    kw = dict(model=model, scale=scale, size=size, **upscale_kwargs)
+    kind = media_kind(src)
+    if kind == "video":
+        return _video(src, dest, kw, overwrite, progress)
+    if kind == "animated":
+        return _animation(src, dest, kw, overwrite, progress)
+    res = upscale(src, progress=progress, full_result=True, **kw)
+    return save_image(res.image, dest, metadata=res.as_metadata(), overwrite=overwrite)
+
+
+# ---------------------------------------------------------------- animated images
+def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    fmt = _ANIM_FORMATS.get(dest.suffix.lower())
+    if fmt is None:
+        raise InvalidParameterError(f"{dest}: {src.name} is animated; save it as .gif, .webp or "
+                                    ".png (APNG) to keep the animation.")
+    frames: list[Image.Image] = []
+    durations: list[int] = []
+    disposals: list[int] = []
+    with Image.open(src) as im:
+        loop = im.info.get("loop")  # absent in a GIF means "play once"; keep that too
+        meta = {k: v for k, v in im.info.items() if isinstance(v, str)}
+        with tqdm(total=im.n_frames, desc=f"upscale {src.name}", unit="frame",
+                  disable=not progress, leave=False) as bar:
+            for frame in ImageSequence.Iterator(im):
+                frame.load()  # WebP fills in the frame's duration only when it is decoded
+                durations.append(int(frame.info.get("duration", 0) or 0))
+                # Pillow hands out every frame fully composited, so each source frame's own
+                # disposal stays correct for the full frames written back (see _save_animation).
+                disposals.append(int(getattr(im, "disposal_method", None)
+                                     or frame.info.get("disposal", 0) or 0))
+                rgba = np.asarray(frame.convert("RGBA"))
+                res = upscale(rgba, progress=False, full_result=True, **kw)
+                frames.append(Image.fromarray(res.image, "RGBA"))
+                bar.update(1)
+    meta.update(res.as_metadata())
+    data = _save_animation(frames, fmt, durations, disposals, loop, meta)
+    log.info("%s → %s: %d frames, %dx%d", src, dest, len(frames), *frames[0].size)
+    return atomic_write(dest, data, overwrite=overwrite)
+
+
+def _save_animation(frames: list[Image.Image], fmt: str, durations: list[int],
+                    disposals: list[int], loop: int | None, meta: dict[str, str]) -> bytes:
+    params: dict = {"save_all": True, "append_images": frames[1:], "duration": durations}
+    if loop is not None:
+        params["loop"] = loop
+    if fmt == "GIF":
+        # GIF alpha is 1 bit: upscaling softens it, so cut it back at half-way before Pillow
+        # maps alpha 0 to the transparent palette index.
+        for f in frames:
+            a = np.asarray(f.getchannel("A"))
+            f.putalpha(Image.fromarray(np.where(a >= 128, 255, 0).astype(np.uint8)))
+        params.update(disposal=disposals, optimize=False)
+    elif fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in meta.items():
+            info.add_itxt(k, v)
+        # blend SOURCE: each written frame is a full composite that replaces what was there
+        params.update(disposal=[min(d, 2) for d in disposals], blend=0, pnginfo=info,
+                      default_image=False)
+    else:  # WEBP composites frames itself; lossless keeps the upscaler's output exact
+        params.update(lossless=True)
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- video
+def _pick_encoder(codec_name: str, suffix: str) -> str:
+    import av
+
+    candidates = _WEBM if suffix == ".webm" else _ENCODERS.get(codec_name, ()) + ("libx264", "mpeg4")
+    for name in candidates:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # av raises different errors for unknown / decoder-only codecs
+            continue
+    raise InvalidParameterError(f"no video encoder for {suffix} among {', '.join(candidates)} in "
+                                "this PyAV build; write .mp4 or .mkv instead.")
+
+
+def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    try:
+        import av
+    except ImportError:
+        raise BackendUnavailableError(f"{src}: videos need PyAV: pip install av") from None
+
+    if dest.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InvalidParameterError(f"{dest}: a video needs a video suffix "
+                                    f"({', '.join(sorted(VIDEO_SUFFIXES))}).")
+    try:
+        inp = av.open(str(src))
+    except av.error.FFmpegError as exc:
+        raise ImageReadError(f"{src}: not a video PyAV can read ({exc}).") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".part{dest.suffix}",
+                               dir=dest.parent)
+    os.close(fd)
+    try:
+        with inp, av.open(tmp, "w") as out:
+            if not inp.streams.video:
+                raise ImageReadError(f"{src}: the file has no video stream.")
+            vin = inp.streams.video[0]
+            encoder = _pick_encoder(vin.codec_context.name, dest.suffix.lower())
+            audio = {}
+            for a in inp.streams.audio:
+                try:
+                    audio[a.index] = out.add_stream_from_template(a)
+                except (ValueError, av.error.FFmpegError) as exc:
+                    raise InvalidParameterError(f"{dest}: the {a.codec_context.name} audio of "
+                                                f"{src.name} cannot be copied into "
+                                                f"{dest.suffix} ({exc}); use .mkv.") from None
+            vout = None
+            crop = None
+            held: list = []
+            n = 0
+            with tqdm(total=vin.frames or None, desc=f"upscale {src.name}", unit="frame",
+                      disable=not progress, leave=False) as bar:
+                for packet in inp.demux(vin, *inp.streams.audio):
+                    if packet.stream.index in audio:
+                        if packet.dts is not None:  # skip the demuxer's empty flush packets
+                            packet.stream = audio[packet.stream.index]
+                            # the header is written on the first mux, so every stream must
+                            # exist by then: hold audio back until the video stream is made
+                            if vout is None:
+                                held.append(packet)
+                            else:
+                                out.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        res = upscale(frame.to_ndarray(format="rgb24"), progress=False,
+                                      full_result=True, **kw)
+                        img = res.image
+                        if vout is None:
+                            vout, crop = _open_video_stream(out, vin, encoder, img.shape, src)
+                            out.mux(held)
+                            held.clear()
+                        img = np.ascontiguousarray(img[:crop[1], :crop[0]])
+                        new = av.VideoFrame.from_ndarray(img, format="rgb24")
+                        new.pts, new.time_base = frame.pts, frame.time_base
+                        for p in vout.encode(new):
+                            out.mux(p)
+                        n += 1
+                        bar.update(1)
+            if vout is None:
+                raise ImageReadError(f"{src}: the video stream holds no decodable frame.")
+            for p in vout.encode(None):
+                out.mux(p)
+        publish_file(tmp, dest, overwrite)
+    except av.error.FFmpegError as exc:
+        raise ImageReadError(f"{src}: video decoding/encoding failed ({exc}).") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("%s → %s: %d frames, %dx%d, %s, %d audio stream(s) copied", src, dest, n, *crop,
+             encoder, len(audio))
+    return dest
+
+
+def _open_video_stream(out, vin, encoder: str, shape, src: Path):
+    h, w = shape[:2]
+    ew, eh = max(2, w - w % 2), max(2, h - h % 2)
+    if (ew, eh) != (w, h):
+        log.warning("%s: yuv420p video needs even sizes; cropping %dx%d to %dx%d", src, w, h,
+                    ew, eh)
+    vout = out.add_stream(encoder, rate=vin.average_rate or vin.guessed_rate or 25)
+    vout.width, vout.height, vout.pix_fmt = ew, eh, "yuv420p"
+    vout.time_base = vin.time_base
+    if encoder == "libx264":
+        vout.options = {"crf": "16", "preset": "medium"}  # visually lossless: keep the detail we made
+    elif encoder == "mpeg4":
+        vout.options = {"qscale": "2"}
+    return vout, (ew, eh)
