@@ -16,24 +16,12 @@ from .upscale import (UpscaleResult, clear_cache, list_upscalers, load_upscaler,
 
 __version__ = "0.1.0"
 
-# Generation pulls in diffusers/transformers (seconds to import); load it on first use so
-# `import pipeline_lib` stays light for upscaling-only users and the CLI.
-_LAZY = {
-    "generate": ".generate", "text_to_image": ".generate", "load_pipeline": ".generate",
-    "unload_pipeline": ".generate", "GeneratedImage": ".generate", "list_presets": ".generate",
-    "register_preset": ".generate", "size_for_aspect": ".generate", "Preset": ".generate",
-    "read_metadata": ".metadata", "format_parameters": ".metadata", "parse_parameters": ".metadata",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The generate package is imported eagerly on purpose: it is light (diffusers, transformers and
+# torch load inside the functions, on first use), and binding the function here once means a
+# later `import pipeline_lib.generate.x` cannot leave the *module* in place of `generate()`.
+from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipeline,  # noqa: E402
+                       register_preset, size_for_aspect, text_to_image, unload_pipeline)
+from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
 
 __all__ = [
     "upscale", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",

@@ -109,19 +109,19 @@ def _check_seed(seed, num_images: int) -> int:
     return s
 
 
-def _truncate_prompt(pipe, prompt: str, what: str) -> str:
-    """Cut ``prompt`` to what the text encoder sees, with a warning, instead of a silent cut."""
+def _warn_if_truncated(pipe, prompt: str, what: str) -> None:
+    """Say out loud what CLIP will silently drop: the pipeline keeps only the first
+    ``model_max_length`` tokens (we let it cut, so the kept tokens are exactly the first ones)."""
     tok = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
     if tok is None or not prompt:
-        return prompt
+        return
     limit = tok.model_max_length
-    ids = tok(prompt, truncation=False, add_special_tokens=True).input_ids
+    ids = tok(prompt, truncation=False, add_special_tokens=True, verbose=False).input_ids
     if len(ids) <= limit:
-        return prompt
+        return
     kept = tok.decode(ids[1:limit - 1], skip_special_tokens=True).strip()
-    log.warning("%s is %d tokens, longer than the model's limit of %d; only the first part is "
-                "used: %r (move the important words to the front)", what, len(ids), limit, kept)
-    return kept
+    log.warning("%s is %d tokens, longer than the model's limit of %d; it is truncated to: %r "
+                "(move the important words to the front)", what, len(ids), limit, kept)
 
 
 def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | None = None,
@@ -174,16 +174,16 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     set_scheduler(loaded, scheduler)
     prepare_vae(pipe, loaded.plan, w, h, num_images)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="denoise")
-    run_prompt = _truncate_prompt(pipe, prompt, "prompt")
-    run_negative = _truncate_prompt(pipe, negative, "negative prompt")
+    _warn_if_truncated(pipe, prompt, "prompt")
+    _warn_if_truncated(pipe, negative, "negative prompt")
 
     # One CPU generator per image: the same seed gives the same noise on any device, and image i
     # of a batch equals a single run with seed + i.
     generators = [torch.Generator("cpu").manual_seed(base_seed + i) for i in range(num_images)]
-    kwargs: dict[str, Any] = dict(prompt=[run_prompt] * num_images, num_inference_steps=steps,
+    kwargs: dict[str, Any] = dict(prompt=[prompt] * num_images, num_inference_steps=steps,
                                   guidance_scale=guidance, width=w, height=h, generator=generators)
     if negative and guidance > 1:
-        kwargs["negative_prompt"] = [run_negative] * num_images
+        kwargs["negative_prompt"] = [negative] * num_images
     t0 = time.perf_counter()
     with torch.inference_mode():
         if preset is not None and preset.refiner:
