@@ -17,9 +17,19 @@ from .media import upscale_file
 
 __version__ = "0.1.0"
 
+# The generate package is imported eagerly on purpose: it is light (diffusers, transformers and
+# torch load inside the functions, on first use), and binding the function here once means a
+# later `import pipeline_lib.generate.x` cannot leave the *module* in place of `generate()`.
+from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipeline,  # noqa: E402
+                       register_preset, size_for_aspect, text_to_image, unload_pipeline)
+from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
+
 __all__ = [
     "upscale", "upscale_file", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
     "save_image", "read_image",
+    "generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
+    "list_presets", "register_preset", "size_for_aspect", "Preset",
+    "read_metadata", "format_parameters", "parse_parameters",
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",
