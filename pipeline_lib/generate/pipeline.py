@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, UnknownModelError, WeightsError
+from ..gpu_guard import register_gpu_evictor
 from .memory import MemoryPlan, apply_plan, plan_memory
 from .presets import SCHEDULERS, Preset, find_preset, get_preset
 
@@ -146,9 +147,10 @@ def unload_pipeline() -> None:
             torch.cuda.empty_cache()
 
 
-def move_off_gpu() -> bool:
-    """Free the GPU for another model (e.g. a big upscale) but keep the weights in RAM; the next
-    ``load_pipeline`` puts them back. Returns True when something moved."""
+def move_off_gpu(reason: str = "another model") -> bool:
+    """Free the GPU for another model (e.g. a big upscale, or ncnn's Vulkan allocator) but keep
+    the weights in RAM; the next ``load_pipeline`` puts them back. Returns True when something
+    moved. Registered with :mod:`pipeline_lib.gpu_guard`, so the ncnn backend calls it."""
     with _LOCK:
         cur = _CURRENT
         if cur is None or not cur.plan.device.startswith("cuda") or cur.plan.offload or cur.offloaded_to_cpu:
@@ -159,8 +161,12 @@ def move_off_gpu() -> bool:
         cur.offloaded_to_cpu = True
         gc.collect()
         torch.cuda.empty_cache()
-        log.info("moved the diffusion pipeline to the CPU to make room on %s", cur.plan.device)
+        log.info("moved the diffusion pipeline to the CPU to make room on %s for %s",
+                 cur.plan.device, reason)
         return True
+
+
+register_gpu_evictor(move_off_gpu)
 
 
 def get_loaded(model: str | Path = "absolute-reality", *, device=None, memory: str = "auto",
