@@ -17,9 +17,31 @@ from .media import upscale_file
 
 __version__ = "0.1.0"
 
+# Generation pulls in diffusers/transformers (seconds to import); load it on first use so
+# `import pipeline_lib` stays light for upscaling-only users and the CLI.
+_LAZY = {
+    "generate": ".generate", "text_to_image": ".generate", "load_pipeline": ".generate",
+    "unload_pipeline": ".generate", "GeneratedImage": ".generate", "list_presets": ".generate",
+    "register_preset": ".generate", "size_for_aspect": ".generate", "Preset": ".generate",
+    "read_metadata": ".metadata", "format_parameters": ".metadata", "parse_parameters": ".metadata",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "upscale", "upscale_file", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
     "save_image", "read_image",
+    "generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
+    "list_presets", "register_preset", "size_for_aspect", "Preset",
+    "read_metadata", "format_parameters", "parse_parameters",
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",

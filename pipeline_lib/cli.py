@@ -15,6 +15,7 @@ from .errors import PipelineError
 
 COMMANDS = {
     "upscale": "Upscale images (files or folders) with Real-ESRGAN and friends.",
+    "generate": "Generate photoreal images from a prompt (optionally upscaled to 2048+).",
     "serve": "Run the HTTP upscaling service (POST /v1/images/upscale).",
 }
 

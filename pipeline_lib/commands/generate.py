@@ -1,0 +1,71 @@
+"""``python -m pipeline_lib generate "PROMPT" -o OUTDIR``: generate (and optionally upscale) images."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InvalidParameterError, OutputExistsError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("-m", "--model", default="absolute-reality",
+                   help="preset, Hub repo id, diffusers folder or .safetensors (default %(default)s)")
+    p.add_argument("--negative", help="negative prompt (default: the preset's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the preset's)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", help="WxH to generate at (rounded to the model's multiple)")
+    g.add_argument("--aspect", help="square, portrait (2:3), portrait-3:4, portrait-9:16, landscape "
+                                    "(3:2), landscape-4:3, landscape-16:9 or a ratio like 4:5")
+    p.add_argument("--seed", type=int, help="first seed (default: random; printed)")
+    p.add_argument("-n", "--num-images", type=int, default=1, help="images (seeds seed, seed+1, ...)")
+    p.add_argument("--scheduler", help="dpm++2m-karras, euler-a, ... (default: the preset's)")
+    p.add_argument("--upscale", metavar="NAME", help="upscale with this model, e.g. realesrgan-x4plus")
+    p.add_argument("--target", default="2048", help="upscale target: N (long side) or WxH (default 2048)")
+    p.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+
+
+def free_name(folder: Path, seed: int) -> Path:
+    """``<seed>.png``, or ``<seed>-1.png``, ``<seed>-2.png``... — never an existing file."""
+    dest = folder / f"{seed}.png"
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = folder / f"{seed}-{n}.png"
+    return dest
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..generate import generate, size_for_aspect, text_to_image
+    from ..upscale.sizing import parse_size
+
+    width = height = None
+    if args.size:
+        size = parse_size(args.size)
+        if not isinstance(size, tuple):
+            raise InvalidParameterError(f"--size needs WxH, e.g. 512x768, got {args.size!r}.")
+        width, height = size
+    elif args.aspect:
+        width, height = size_for_aspect(args.aspect, args.model)
+    kwargs = dict(model=args.model, negative_prompt=args.negative, steps=args.steps,
+                  guidance=args.guidance, width=width, height=height, seed=args.seed,
+                  num_images=args.num_images, scheduler=args.scheduler, device=args.device,
+                  memory=args.memory)
+    if args.upscale:
+        results = text_to_image(args.prompt, upscaler=args.upscale, size=parse_size(args.target), **kwargs)
+    else:
+        results = generate(args.prompt, **kwargs)
+    out = Path(args.output)
+    for res in results:
+        for _ in range(100):  # another process may take the name between the check and the write
+            dest = free_name(out, res.seed)
+            try:
+                res.save(dest)
+                break
+            except OutputExistsError:
+                continue
+        print(f"{dest}  seed={res.seed}  {res.image.size[0]}x{res.image.size[1]}")
+    return 0

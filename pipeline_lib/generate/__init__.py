@@ -1,0 +1,259 @@
+"""Text → photoreal image with diffusers, and prompt → 2048² in one call.
+
+>>> from pipeline_lib import generate, text_to_image
+>>> img = generate("portrait of an old fisherman, golden hour", seed=42)[0]   # doctest: +SKIP
+>>> img.seed, img.image.size                                               # doctest: +SKIP
+(42, (512, 768))
+>>> big = text_to_image("portrait of an old fisherman", size=2048)[0]      # doctest: +SKIP
+>>> big.image.size                                                         # doctest: +SKIP
+(1365, 2048)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError
+from .memory import prepare_vae
+from .pipeline import (get_loaded, get_refiner, load_pipeline, move_off_gpu, set_scheduler,
+                       unload_pipeline)
+from .presets import (DEFAULT_MODEL, PRESETS, Preset, check_scheduler, get_preset, list_presets,
+                      register_preset, resolve_size, size_for_aspect)
+
+__all__ = ["generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
+           "list_presets", "register_preset", "get_preset", "size_for_aspect", "Preset", "PRESETS",
+           "MAX_SEED"]
+
+log = logging.getLogger(__name__)
+
+#: Seeds are 32-bit, like A1111 and ComfyUI, so a seed copied from either reproduces here.
+MAX_SEED = 2 ** 32 - 1
+UPSCALE_HEADROOM = 3 * 1024 ** 3  # free GPU bytes the upscaler wants; less → park the pipeline
+
+
+@dataclass
+class GeneratedImage:
+    """One generated picture: ``image`` (PIL), its ``seed`` and everything needed to make it again.
+
+    ``params`` holds prompt, negative_prompt, steps, guidance, seed, width, height, model and
+    scheduler (``generate(**img.generate_kwargs())`` re-creates it), plus upscaler details when
+    it came from :func:`text_to_image`.
+    """
+
+    image: Any
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        from ..metadata import GENERATE_KEYS
+
+        return {k: self.params[k] for k in GENERATE_KEYS if k in self.params}
+
+    def parameters_text(self) -> str:
+        """The A1111 ``parameters`` text for this image."""
+        from ..metadata import format_parameters
+
+        return format_parameters(self.params)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save atomically with the A1111 ``parameters`` text (PNG); never overwrites unless asked.
+
+        >>> img.save("out/fisherman.png")                        # doctest: +SKIP
+        """
+        from ..images import save_image
+
+        dest = Path(path)
+        if dest.suffix.lower() != ".png":
+            log.warning("%s: only PNG keeps the generation parameters; use .png to keep them", dest)
+        return save_image(self.image, dest, metadata={"parameters": self.parameters_text()},
+                          overwrite=overwrite)
+
+
+def _check_int(value, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise InvalidParameterError(f"{name} must be a whole number, got {value!r}.")
+    v = int(value)
+    if v < low or (high is not None and v > high):
+        rng = f"{low}..{high}" if high is not None else f"≥ {low}"
+        raise InvalidParameterError(f"{name} must be in {rng}, got {v}.")
+    return v
+
+
+def _check_guidance(g) -> float:
+    try:
+        v = float(g)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"guidance must be a number, got {g!r}.") from None
+    if not math.isfinite(v) or v < 0 or v > 50:
+        raise InvalidParameterError(f"guidance must be a finite number in 0..50 (typical 4-9; 0 for "
+                                    f"turbo models), got {g!r}.")
+    return v
+
+
+def _check_seed(seed, num_images: int) -> int:
+    if seed is None:
+        return secrets.randbelow(MAX_SEED - num_images + 2)
+    if isinstance(seed, bool) or not isinstance(seed, int) and not hasattr(seed, "__index__"):
+        raise InvalidParameterError(f"seed must be a whole number in 0..{MAX_SEED} (2**32-1), got {seed!r}.")
+    s = int(seed)
+    if s < 0 or s + num_images - 1 > MAX_SEED:
+        raise InvalidParameterError(
+            f"seed must be in 0..{MAX_SEED} (2**32-1, as in A1111) and a batch of {num_images} uses "
+            f"seed..seed+{num_images - 1}; got seed={s}.")
+    return s
+
+
+def _truncate_prompt(pipe, prompt: str, what: str) -> str:
+    """Cut ``prompt`` to what the text encoder sees, with a warning, instead of a silent cut."""
+    tok = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+    if tok is None or not prompt:
+        return prompt
+    limit = tok.model_max_length
+    ids = tok(prompt, truncation=False, add_special_tokens=True).input_ids
+    if len(ids) <= limit:
+        return prompt
+    kept = tok.decode(ids[1:limit - 1], skip_special_tokens=True).strip()
+    log.warning("%s is %d tokens, longer than the model's limit of %d; only the first part is "
+                "used: %r (move the important words to the front)", what, len(ids), limit, kept)
+    return kept
+
+
+def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | None = None,
+             steps: int | None = None, guidance: float | None = None, width: int | None = None,
+             height: int | None = None, seed: int | None = None, num_images: int = 1,
+             scheduler: str | None = None, device=None, memory: str = "auto",
+             progress: bool = True) -> list[GeneratedImage]:
+    """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
+
+    ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
+    ``.safetensors`` file; unset ``steps``/``guidance``/size/``scheduler``/``negative_prompt``
+    come from the preset. Sizes are rounded to the model's multiple (8, SDXL 64) with a warning.
+    ``seed=None`` picks one; image *i* uses ``seed + i``, so any image of a batch can be re-made
+    alone. ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py).
+
+    Raises :class:`InvalidParameterError` for impossible values and
+    :class:`UnknownModelError` for an unknown preset (with suggestions).
+
+    >>> imgs = generate("a lighthouse at dusk", model="sdxl-turbo", seed=1, num_images=2)  # doctest: +SKIP
+    >>> [i.seed for i in imgs]                                                          # doctest: +SKIP
+    [1, 2]
+    """
+    import torch
+
+    if not isinstance(prompt, str):
+        raise InvalidParameterError(f"prompt must be text, got {type(prompt).__name__}.")
+    num_images = _check_int(num_images, "num_images", 1, 64)
+    if steps is not None:
+        steps = _check_int(steps, "steps", 1, 1000)
+    if guidance is not None:
+        guidance = _check_guidance(guidance)
+    scheduler = check_scheduler(scheduler)
+    base_seed = _check_seed(seed, num_images)
+
+    loaded = get_loaded(model, device=device, memory=memory, progress=progress)
+    pipe, preset = loaded.pipe, loaded.preset
+    xl = "XL" in type(pipe).__name__
+    if preset is not None:
+        default_size, multiple = preset.size, preset.multiple
+    else:
+        side = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
+        default_size, multiple = (side, side), (64 if xl else 8)
+    w, h = resolve_size(width, height, default_size, multiple)
+    steps = steps if steps is not None else (preset.steps if preset else 30)
+    guidance = guidance if guidance is not None else (preset.guidance if preset else 7.0)
+    if preset and not preset.step_range[0] <= steps <= preset.step_range[1]:
+        log.warning("%s works best with %d-%d steps; %d asked for", preset.name, *preset.step_range, steps)
+    scheduler = scheduler or (preset.scheduler if preset else "default")
+    negative = negative_prompt if negative_prompt is not None else (preset.negative_prompt if preset else "")
+    set_scheduler(loaded, scheduler)
+    prepare_vae(pipe, loaded.plan, w, h, num_images)
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="denoise")
+    run_prompt = _truncate_prompt(pipe, prompt, "prompt")
+    run_negative = _truncate_prompt(pipe, negative, "negative prompt")
+
+    # One CPU generator per image: the same seed gives the same noise on any device, and image i
+    # of a batch equals a single run with seed + i.
+    generators = [torch.Generator("cpu").manual_seed(base_seed + i) for i in range(num_images)]
+    kwargs: dict[str, Any] = dict(prompt=[run_prompt] * num_images, num_inference_steps=steps,
+                                  guidance_scale=guidance, width=w, height=h, generator=generators)
+    if negative and guidance > 1:
+        kwargs["negative_prompt"] = [run_negative] * num_images
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if preset is not None and preset.refiner:
+            frac = preset.high_noise_frac
+            latents = pipe(**kwargs, denoising_end=frac, output_type="latent").images
+            refiner = get_refiner(loaded, progress)
+            images = refiner(prompt=kwargs["prompt"], negative_prompt=kwargs.get("negative_prompt"),
+                             image=latents, num_inference_steps=steps, guidance_scale=guidance,
+                             denoising_start=frac, generator=generators).images
+        else:
+            images = pipe(**kwargs).images
+    seconds = time.perf_counter() - t0
+    model_name = preset.name if preset else str(model)
+    log.info("generated %d image(s) %dx%d with %s in %.1fs (seed %d)", num_images, w, h,
+             model_name, seconds, base_seed)
+    results = []
+    for i, img in enumerate(images):
+        params = {"prompt": prompt, "negative_prompt": negative, "steps": steps, "guidance": guidance,
+                  "seed": base_seed + i, "width": w, "height": h, "model": model_name,
+                  "scheduler": scheduler, "version": _version()}
+        results.append(GeneratedImage(img, base_seed + i, params))
+    return results
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"pipeline_lib {__version__}"
+
+
+def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "realesrgan-x4plus",
+                  size: int | tuple[int, int] | str = 2048, **generate_kwargs) -> list[GeneratedImage]:
+    """Generate, then upscale each picture to ``size``: an int is the long side (aspect kept:
+    512×768 → 1365×2048), ``(w, h)`` is exact. The diffusion model is moved off the GPU first when
+    the two would not fit together. Each result's ``params`` adds upscaler, upscale_by and
+    upscale_size; ``generate(**result.generate_kwargs())`` re-makes the un-upscaled picture.
+
+    >>> out = text_to_image("a red fox in snow", model="sdxl-turbo", size=2048)[0]  # doctest: +SKIP
+    >>> out.image.size                                                           # doctest: +SKIP
+    (2048, 2048)
+    """
+    from ..upscale import upscale
+    from ..upscale.sizing import parse_size
+
+    target = parse_size(size)
+    if target is None:
+        raise InvalidParameterError("size must be a long side (e.g. 2048) or (width, height).")
+    progress = generate_kwargs.get("progress", True)
+    device = generate_kwargs.get("device")
+    images = generate(prompt, model=model, **generate_kwargs)
+    _make_room()
+    out = []
+    for gen in images:
+        res = upscale(gen.image, upscaler, size=target, device=device, progress=progress,
+                      full_result=True)
+        params = dict(gen.params, upscaler=res.model, upscale_by=float(res.scale),
+                      upscale_size=f"{res.size[0]}x{res.size[1]}")
+        out.append(GeneratedImage(res.image, gen.seed, params))
+    return out
+
+
+def _make_room() -> None:
+    from .. import devices
+    from .pipeline import _CURRENT
+
+    cur = _CURRENT
+    if cur is None or not cur.plan.device.startswith("cuda"):
+        return
+    import torch
+
+    free = devices.free_memory(torch.device(cur.plan.device))
+    if free is not None and free < UPSCALE_HEADROOM:
+        move_off_gpu()

@@ -1,0 +1,115 @@
+"""Memory profiles: which dtype, attention and offloading a pipeline gets on this device.
+
+``auto`` decides from the device: a CUDA GPU with ≥ 12 GB runs everything on the GPU in fp16 with
+PyTorch SDPA attention; a smaller GPU keeps only the running sub-model on the GPU (model CPU
+offload); a CPU runs fp32. ``fast`` / ``balanced`` / ``low`` force a profile.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..devices import resolve_device, supports_bf16
+from ..errors import InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("auto", "fast", "balanced", "low")
+BIG_GPU_BYTES = 12 * 1024 ** 3
+TILE_VAE_PIXELS = 1024 * 1024  # decode larger images in tiles (the VAE decoder peaks at ~ 4 GB there)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    profile: str  # fast | balanced | low | cpu
+    device: str
+    dtype: str  # "float16", "bfloat16", "float32"
+    offload: str | None = None  # None | "model" | "sequential"
+    attention: str = "sdpa"  # "sdpa" | "xformers"
+    attention_slicing: bool = False
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool = False) -> MemoryPlan:
+    """Choose a :class:`MemoryPlan`; logs what was chosen and why.
+
+    >>> plan_memory("auto", "cpu").dtype
+    'float32'
+    """
+    from ..devices import resolve_dtype
+
+    key = str(memory).strip().lower()
+    if key not in PROFILES:
+        raise InvalidParameterError(f"unknown memory profile {memory!r}; use one of {', '.join(PROFILES)}.")
+    dev = resolve_device(device)
+    want = resolve_dtype(dtype)
+    if dev.type == "cpu":
+        if want is not None and str(want) != "torch.float32":
+            raise InvalidParameterError("on the CPU only fp32 is supported for generation (fp16 is "
+                                        "not implemented for several CPU kernels); leave dtype unset.")
+        plan = MemoryPlan("cpu", str(dev), "float32")
+        log.info("memory profile: cpu (fp32, no offload)%s",
+                 "" if key == "auto" else f" — {key!r} only applies to GPUs")
+        return plan
+    name = "float16"
+    if want is not None:
+        name = str(want).replace("torch.", "")
+        if name == "bfloat16" and not supports_bf16(dev):
+            # P100/T4 (compute < 8) emulate bf16: slow and sometimes wrong. fp16 is native there.
+            raise InvalidParameterError(f"{dev} has no native bf16 (it needs an Ampere or newer "
+                                        "GPU); use dtype='fp16'.")
+    if dev.type == "mps":
+        plan = MemoryPlan("fast" if key == "auto" else key, str(dev), name,
+                          attention_slicing=key == "low")
+    else:
+        if key == "auto":
+            import torch
+
+            total = torch.cuda.get_device_properties(dev).total_memory
+            key = "fast" if total >= BIG_GPU_BYTES else "balanced"
+        offload = {"fast": None, "balanced": "model", "low": "sequential"}[key]
+        attention = "sdpa"
+        if xformers:
+            try:
+                import xformers  # noqa: F401
+
+                attention = "xformers"
+            except ImportError:
+                log.warning("xformers asked for but not installed; using PyTorch SDPA attention "
+                            "(as fast on PyTorch ≥ 2)")
+        plan = MemoryPlan(key, str(dev), name, offload, attention, attention_slicing=key == "low")
+    log.info("memory profile: %s (%s on %s, offload=%s, attention=%s)", plan.profile, plan.dtype,
+             plan.device, plan.offload or "none", plan.attention)
+    return plan
+
+
+def apply_plan(pipe, plan: MemoryPlan) -> None:
+    """Place ``pipe`` on its device as the plan says (once, right after loading)."""
+    import torch
+
+    dev = torch.device(plan.device)
+    if plan.offload == "model":
+        pipe.enable_model_cpu_offload(device=dev)
+    elif plan.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=dev)
+    else:
+        pipe.to(dev)
+    if plan.attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if plan.attention_slicing:
+        pipe.enable_attention_slicing()
+
+
+def prepare_vae(pipe, plan: MemoryPlan, width: int, height: int, batch: int) -> None:
+    """Per call: slice the VAE decode for batches and tile it for large images on GPUs."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or plan.profile == "cpu":
+        return
+    big = width * height > TILE_VAE_PIXELS or plan.profile == "low"
+    (vae.enable_tiling if big else vae.disable_tiling)()
+    (vae.enable_slicing if batch > 1 or plan.profile == "low" else vae.disable_slicing)()

@@ -1,0 +1,137 @@
+"""A1111-compatible ``parameters`` text: write it, parse it, read it back from a PNG.
+
+The text is what AUTOMATIC1111, ComfyUI importers and Civitai read::
+
+    a portrait of an old fisherman
+    Negative prompt: blurry, cartoon
+    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 42, Size: 512x768, Model: absolute-reality
+
+>>> p = parse_parameters(format_parameters({"prompt": "a cat", "negative_prompt": "", "steps": 2,
+...     "guidance": 7.0, "seed": 5, "width": 64, "height": 64, "model": "sd-1.5"}))
+>>> p["steps"], p["seed"], p["width"], p["model"]
+(2, 5, 64, 'sd-1.5')
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from .errors import ImageReadError
+
+#: Keys ``generate()`` accepts; ``read_metadata`` returns only these unless ``extra=True``.
+GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
+                 "model", "scheduler")
+
+# our key → A1111 label, in the order A1111 writes them
+_FIELDS = [("steps", "Steps"), ("sampler", "Sampler"), ("guidance", "CFG scale"), ("seed", "Seed"),
+           ("size", "Size"), ("model", "Model"), ("upscaler", "Postprocess upscaler"),
+           ("upscale_by", "Postprocess upscale by"), ("upscale_size", "Postprocess upscale to"),
+           ("version", "Version")]
+_LABEL_TO_KEY = {label.lower(): key for key, label in _FIELDS}
+_PAIR = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if any(c in text for c in ',:"\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if float(v) != int(v) else str(int(v))
+
+
+def format_parameters(params: dict[str, Any]) -> str:
+    """The A1111 text for ``params`` (prompt, negative_prompt, steps, guidance, seed, width,
+    height, model, scheduler, and optionally upscaler, upscale_by, upscale_size, version)."""
+    from .generate.presets import SCHEDULERS
+
+    lines = [str(params.get("prompt", ""))]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    values = dict(params)
+    sched = params.get("scheduler") or "default"
+    values["sampler"] = SCHEDULERS[sched][2] if sched in SCHEDULERS else sched
+    if "guidance" in params:
+        values["guidance"] = _num(params["guidance"])
+    if "width" in params and "height" in params:
+        values["size"] = f"{params['width']}x{params['height']}"
+    if isinstance(params.get("upscale_by"), float):
+        values["upscale_by"] = f"{params['upscale_by']:.4g}"
+    fields = [f"{label}: {_quote(values[key])}" for key, label in _FIELDS
+              if values.get(key) not in (None, "")]
+    extras = params.get("extra") or {}
+    fields += [f"{k}: {_quote(v)}" for k, v in extras.items()]
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse A1111 ``parameters`` text into our keys (unknown fields kept under their label)."""
+    from .generate.presets import scheduler_from_label
+
+    lines = text.strip("\n").split("\n")
+    last = lines[-1] if lines else ""
+    if re.search(r"(^|,\s*)Steps:\s*\d", last):
+        body, fields_line = lines[:-1], last
+    else:
+        body, fields_line = lines, ""
+    prompt_lines, neg_lines, in_neg = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_neg = True
+            line = line[len("Negative prompt:"):].lstrip()
+        (neg_lines if in_neg else prompt_lines).append(line)
+    out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(neg_lines)}
+    for label, raw in _PAIR.findall(fields_line):
+        raw = raw.strip()
+        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        key = _LABEL_TO_KEY.get(label.strip().lower(), label.strip())
+        out[key] = raw
+    for key, conv in (("steps", int), ("seed", int), ("guidance", float)):
+        if key in out:
+            try:
+                out[key] = conv(out[key])
+            except ValueError:
+                pass
+    size = out.pop("size", None)
+    if isinstance(size, str) and re.fullmatch(r"\d+x\d+", size):
+        out["width"], out["height"] = map(int, size.split("x"))
+    sampler = out.pop("sampler", None)
+    if sampler is not None:
+        out["scheduler"] = scheduler_from_label(sampler) or sampler
+    return out
+
+
+def read_metadata(path: str | os.PathLike, *, extra: bool = False) -> dict[str, Any]:
+    """Generation parameters stored in an image, ready for ``generate(**read_metadata(path))``.
+
+    Returns prompt, negative_prompt, steps, guidance, seed, width, height, model and scheduler
+    (those present). ``extra=True`` adds everything else that was recorded (upscaler,
+    upscale_by, upscale_size, version, unknown A1111 fields). Raises :class:`ImageReadError` if
+    the file has no ``parameters`` text.
+
+    >>> meta = read_metadata("out/42.png")                    # doctest: +SKIP
+    >>> again = generate(**meta)                              # doctest: +SKIP
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text = img.info.get("parameters") or getattr(img, "text", {}).get("parameters")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file.") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc}).") from None
+    if not text:
+        raise ImageReadError(f"{path} carries no generation parameters (no 'parameters' text "
+                             "chunk); only PNGs saved by pipeline_lib or A1111 have them.")
+    parsed = parse_parameters(text)
+    return parsed if extra else {k: parsed[k] for k in GENERATE_KEYS if k in parsed}
