@@ -26,6 +26,8 @@ _LAZY = {
     "read_metadata": ".metadata", "format_parameters": ".metadata", "parse_parameters": ".metadata",
     # the HTTP service pulls in FastAPI/uvicorn
     "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
+    # batch jobs pull in Accelerate
+    "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
 }
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",
     "create_app", "serve", "ServerLimits",
+    "run_batch", "read_jobs", "BatchReport",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
