@@ -24,6 +24,23 @@ from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipe
                        register_preset, size_for_aspect, text_to_image, unload_pipeline)
 from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
 
+# The HTTP service (FastAPI/uvicorn) and batch jobs (Accelerate) load on first use, so
+# `import pipeline_lib` stays fast for upscaling-only users and the CLI.
+_LAZY = {
+    "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
+    "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "upscale", "upscale_file", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
     "save_image", "read_image",
@@ -34,17 +51,7 @@ __all__ = [
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",
     "create_app", "serve", "ServerLimits",
+    "run_batch", "read_jobs", "BatchReport",
 ]
-
-# The HTTP service pulls in FastAPI/uvicorn; load it on first use so `import pipeline_lib` stays fast.
-_LAZY = {"create_app": "server", "serve": "server", "ServerLimits": "server"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

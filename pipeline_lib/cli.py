@@ -17,6 +17,7 @@ COMMANDS = {
     "upscale": "Upscale images (files or folders) with Real-ESRGAN and friends.",
     "generate": "Generate photoreal images from a prompt (optionally upscaled to 2048+).",
     "serve": "Run the HTTP upscaling service (POST /v1/images/upscale).",
+    "batch": "Run many generate/upscale jobs from a JSON-lines file (accelerate launch: multi-GPU).",
 }
 
 

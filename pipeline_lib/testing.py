@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 __all__ = ["tiny_sd_pipeline_dir", "tiny_sdxl_pipeline_dir", "tiny_sd_single_file",
+           "tiny_sd_x4_upscaler_dir", "tiny_sd_x2_latent_upscaler_dir",
            "write_byte_level_tokenizer", "default_root"]
 
 _LOCK = threading.Lock()
@@ -140,6 +141,62 @@ def build_tiny_sdxl(folder: Path, seed: int = 0):
                                      scheduler=_scheduler(), force_zeros_for_empty_prompt=True)
 
 
+def build_tiny_sd_x4_upscaler(folder: Path, seed: int = 0):
+    """A StableDiffusionUpscalePipeline (sd-x4 layout): the UNet sees 4 noisy latents + the 3-channel
+    low-res image (in_channels=7) and the noise level as a class label, so ``num_class_embeds`` must
+    exceed ``max_noise_level`` (350); a 3-level VAE gives the real ×4 decode factor."""
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    hidden = 32
+    unet = UNet2DConditionModel(sample_size=16, in_channels=7, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=hidden, attention_head_dim=4,
+                                use_linear_projection=True, num_class_embeds=351)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                        block_out_channels=(8, 16, 16), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64,
+                        scaling_factor=0.08333)  # the x4 model's VAE scaling factor
+    return StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=CLIPTextModel(_text_config(hidden)), tokenizer=_tokenizer(folder / "_tok"),
+        unet=unet, low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001,
+                                                   beta_end=0.02),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
+
+
+def build_tiny_sd_x2_latent_upscaler(folder: Path, seed: int = 0):
+    """A StableDiffusionLatentUpscalePipeline (sd-x2-latent layout): K-diffusion blocks, which need
+    at least three levels; the UNet sees 4 noisy + 4 conditioning latents (in_channels=8) and
+    predicts 5 channels; the timestep condition is 128 noise-level features + the pooled text
+    embedding (``time_cond_proj_dim`` = 128 + hidden). Its VAE matches the tiny SD one, so latents
+    from :func:`tiny_sd_pipeline_dir` hand over directly."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    hidden = 32
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=8, out_channels=5, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D"),
+        up_block_types=("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+        mid_block_type=None, act_fn="gelu", attention_head_dim=8, norm_num_groups=None,
+        cross_attention_dim=hidden, time_embedding_type="fourier", timestep_post_act="gelu",
+        time_cond_proj_dim=128 + hidden, resnet_time_scale_shift="scale_shift", conv_in_kernel=1,
+        conv_out_kernel=1, flip_sin_to_cos=True)
+    scheduler = EulerDiscreteScheduler(prediction_type="sample", beta_schedule="scaled_linear",
+                                       beta_start=0.00085, beta_end=0.012)
+    return StableDiffusionLatentUpscalePipeline(vae=_vae(), text_encoder=CLIPTextModel(_text_config(hidden)),
+                                                tokenizer=_tokenizer(folder / "_tok"), unet=unet,
+                                                scheduler=scheduler)
+
+
 def _build_folder(dest: Path, builder) -> Path:
     """Build into a temp sibling and rename, so a folder with model_index.json is always complete."""
     with _LOCK:
@@ -169,6 +226,17 @@ def tiny_sd_pipeline_dir(root: str | os.PathLike | None = None) -> Path:
 def tiny_sdxl_pipeline_dir(root: str | os.PathLike | None = None) -> Path:
     """A saved tiny SDXL diffusers folder (built once; reused when already there)."""
     return _build_folder(Path(root or default_root()) / "tiny-sdxl", build_tiny_sdxl)
+
+
+def tiny_sd_x4_upscaler_dir(root: str | os.PathLike | None = None) -> Path:
+    """A saved tiny sd-x4 upscaler folder (``upscale(img, str(folder))``)."""
+    return _build_folder(Path(root or default_root()) / "tiny-sd-x4", build_tiny_sd_x4_upscaler)
+
+
+def tiny_sd_x2_latent_upscaler_dir(root: str | os.PathLike | None = None) -> Path:
+    """A saved tiny sd-x2-latent upscaler folder."""
+    return _build_folder(Path(root or default_root()) / "tiny-sd-x2-latent",
+                         build_tiny_sd_x2_latent_upscaler)
 
 
 # ------------------------------------------------------------------ single-file (LDM) layout

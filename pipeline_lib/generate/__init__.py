@@ -128,7 +128,7 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
              steps: int | None = None, guidance: float | None = None, width: int | None = None,
              height: int | None = None, seed: int | None = None, num_images: int = 1,
              scheduler: str | None = None, device=None, memory: str = "auto",
-             progress: bool = True) -> list[GeneratedImage]:
+             progress: bool = True, output_type: str = "pil") -> list[GeneratedImage]:
     """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
     ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
@@ -136,6 +136,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     come from the preset. Sizes are rounded to the model's multiple (8, SDXL 64) with a warning.
     ``seed=None`` picks one; image *i* uses ``seed + i``, so any image of a batch can be re-made
     alone. ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py).
+    ``output_type="latent"`` skips the VAE decode: each ``image`` is then the 4×h/8×w/8 latent
+    tensor (for a latent upscaler such as sd-x2-latent).
 
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset (with suggestions).
@@ -154,6 +156,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     if guidance is not None:
         guidance = _check_guidance(guidance)
     scheduler = check_scheduler(scheduler)
+    if output_type not in ("pil", "latent"):
+        raise InvalidParameterError(f"output_type must be 'pil' or 'latent', got {output_type!r}.")
     base_seed = _check_seed(seed, num_images)
 
     loaded = get_loaded(model, device=device, memory=memory, progress=progress)
@@ -192,9 +196,10 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
             refiner = get_refiner(loaded, progress)
             images = refiner(prompt=kwargs["prompt"], negative_prompt=kwargs.get("negative_prompt"),
                              image=latents, num_inference_steps=steps, guidance_scale=guidance,
-                             denoising_start=frac, generator=generators).images
+                             denoising_start=frac, generator=generators,
+                             output_type=output_type).images
         else:
-            images = pipe(**kwargs).images
+            images = pipe(**kwargs, output_type=output_type).images
     seconds = time.perf_counter() - t0
     model_name = preset.name if preset else str(model)
     log.info("generated %d image(s) %dx%d with %s in %.1fs (seed %d)", num_images, w, h,
@@ -217,7 +222,9 @@ def _version() -> str:
 def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "realesrgan-x4plus",
                   size: int | tuple[int, int] | str = 2048, **generate_kwargs) -> list[GeneratedImage]:
     """Generate, then upscale each picture to ``size``: an int is the long side (aspect kept:
-    512×768 → 1365×2048), ``(w, h)`` is exact. The diffusion model is moved off the GPU first when
+    512×768 → 1365×2048), ``(w, h)`` is exact. A diffusion upscaler (sd-x4, sd-x2-latent) gets
+    the image's prompt and seed; ``upscaler="sd-x2-latent"`` after an SD-1.x/2.x model takes the
+    latents directly (no VAE decode/encode), then further passes/resizing reach ``size``. The diffusion model is moved off the GPU first when
     the two would not fit together. Each result's ``params`` adds upscaler, upscale_by and
     upscale_size; ``generate(**result.generate_kwargs())`` re-makes the un-upscaled picture.
 
@@ -233,12 +240,19 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "r
         raise InvalidParameterError("size must be a long side (e.g. 2048) or (width, height).")
     progress = generate_kwargs.get("progress", True)
     device = generate_kwargs.get("device")
-    images = generate(prompt, model=model, **generate_kwargs)
+    from ..upscale.diffusion import latent_handoff, upscaler_options
+
+    handoff = latent_handoff(model, upscaler, generate_kwargs)
+    images = generate(prompt, model=model, output_type="latent" if handoff else "pil",
+                      **generate_kwargs)
     _make_room()
     out = []
     for gen in images:
-        res = upscale(gen.image, upscaler, size=target, device=device, progress=progress,
-                      full_result=True)
+        if handoff:  # SD latents straight into the x2 latent upscaler: no decode/encode trip
+            res = handoff(gen, size=target)
+        else:
+            res = upscale(gen.image, upscaler, size=target, device=device, progress=progress,
+                          full_result=True, **upscaler_options(upscaler, gen))
         params = dict(gen.params, upscaler=res.model, upscale_by=float(res.scale),
                       upscale_size=f"{res.size[0]}x{res.size[1]}")
         out.append(GeneratedImage(res.image, gen.seed, params))

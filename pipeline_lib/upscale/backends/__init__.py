@@ -18,6 +18,8 @@ class Upscaler:
     """A loaded model, ready for the tiler.
 
     ``run`` takes float32 ``N×3×h×w`` arrays in 0..1 and returns ``N×3×(h·scale)×(w·scale)``.
+    ``run_options`` names the keyword arguments ``run`` accepts per call (e.g. a diffusion
+    upscaler's prompt and seed); they are not part of the load cache key.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Upscaler:
     default_scale: float | None = None
     release: Callable[[], None] = lambda: None
     info: dict[str, Any] = field(default_factory=dict)
+    run_options: frozenset[str] = frozenset()
 
 
 # name → module path; modules import their heavy packages lazily, so listing costs nothing
@@ -39,6 +42,13 @@ BACKENDS: dict[str, str] = {
     "torch": "pipeline_lib.upscale.backends.torch_backend",
     "opencv": "pipeline_lib.upscale.backends.opencv_backend",
     "ncnn": "pipeline_lib.upscale.backends.ncnn_backend",
+    "diffusion": "pipeline_lib.upscale.backends.diffusion_backend",
+}
+
+# Per-call options each backend's ``run`` takes, known without importing the backend, so
+# ``upscale(**options)`` can keep them out of the model-load cache key.
+RUN_OPTIONS: dict[str, frozenset[str]] = {
+    "diffusion": frozenset({"prompt", "negative_prompt", "steps", "guidance", "noise_level", "seed"}),
 }
 
 

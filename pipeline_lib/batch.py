@@ -1,0 +1,222 @@
+"""Many generate/upscale jobs from a JSON-lines file, split across processes/GPUs/nodes by 🤗 Accelerate.
+
+Each line is one job: ``{"type": "generate", "prompt": "...", "seed": 1, ...}`` (``generate`` /
+``text_to_image`` keyword arguments; ``upscaler`` + ``size`` upscale the result) or
+``{"type": "upscale", "input": "photo.jpg", "model": "realesrgan-x4plus", ...}`` (``upscale``
+keyword arguments). An optional ``"id"`` names the outputs; without one the id is a hash of the
+job's content, so it is stable across runs and line order. Outputs go to ``OUTDIR/<id>.png``
+(``<id>-<i>.png`` for several images) and ``OUTDIR/<id>.json`` (the record that marks the job
+done), each written atomically. A rerun skips jobs whose record exists (resumable).
+
+Run it plainly (one process) or under ``accelerate launch`` (one process per GPU, any number of
+nodes): Accelerate's ``split_between_processes`` gives each process its share; nothing here
+schedules work itself.
+
+>>> from pipeline_lib.batch import run_batch
+>>> run_batch("jobs.jsonl", "out")                          # doctest: +SKIP
+BatchReport(rank=0, processes=1, done=['generate-3f2a…'], skipped=[], failed=[])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidParameterError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+JOB_TYPES = ("generate", "upscale")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# generate() keywords a job may give, plus text_to_image's upscaler/size
+_GENERATE_KEYS = {"prompt", "model", "negative_prompt", "steps", "guidance", "width", "height", "seed",
+                  "num_images", "scheduler", "memory", "upscaler", "size", "device"}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    type: str
+    kwargs: dict[str, Any]
+    line: int
+
+
+@dataclass
+class BatchReport:
+    """What one process did: job ids done now, skipped (done before) and failed (id: reason)."""
+
+    rank: int
+    processes: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _job_id(kind: str, kwargs: dict) -> str:
+    canonical = json.dumps({"type": kind, **kwargs}, sort_keys=True, separators=(",", ":"))
+    return f"{kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def parse_job(text: str, line: int, where: str = "jobs") -> Job:
+    """One JSON line → :class:`Job`; :class:`InvalidParameterError` names the line and the fix."""
+    at = f"{where}:{line}"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameterError(f"{at}: not valid JSON ({exc.msg} at column {exc.colno}); each "
+                                    "line must be one JSON object.") from None
+    if not isinstance(obj, dict):
+        raise InvalidParameterError(f"{at}: expected a JSON object like {{\"type\": \"upscale\", "
+                                    f"\"input\": \"a.png\"}}, got {type(obj).__name__}.")
+    kind = obj.pop("type", None)
+    if kind not in JOB_TYPES:
+        raise InvalidParameterError(f"{at}: \"type\" must be one of {', '.join(JOB_TYPES)}, got {kind!r}.")
+    job_id = obj.pop("id", None)
+    if job_id is None:
+        job_id = _job_id(kind, obj)
+    elif not isinstance(job_id, (str, int)) or isinstance(job_id, bool) or not _ID.match(str(job_id)):
+        raise InvalidParameterError(f"{at}: \"id\" must be 1-100 letters, digits, '.', '_' or '-' "
+                                    f"(it names the output files), got {job_id!r}.")
+    if kind == "generate":
+        if not isinstance(obj.get("prompt"), str):
+            raise InvalidParameterError(f"{at}: a generate job needs \"prompt\" (text).")
+        unknown = set(obj) - _GENERATE_KEYS
+        if unknown:
+            raise InvalidParameterError(f"{at}: unknown generate option(s) {', '.join(sorted(unknown))}; "
+                                        f"use {', '.join(sorted(_GENERATE_KEYS))}.")
+        if "seed" not in obj:  # reproducible: the same job line always makes the same picture
+            obj["seed"] = int(hashlib.sha256(str(job_id).encode()).hexdigest()[:8], 16)
+    elif not isinstance(obj.get("input"), str):
+        raise InvalidParameterError(f"{at}: an upscale job needs \"input\" (an image path).")
+    return Job(str(job_id), kind, obj, line)
+
+
+def read_jobs(path: str | os.PathLike) -> list[Job]:
+    """All jobs of a JSON-lines file (blank lines and ``#`` comments skipped); ids must be unique.
+    Relative ``input`` paths are taken relative to the jobs file."""
+    src = Path(path)
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidParameterError(f"cannot read jobs file {src}: {exc.strerror or exc}.") from None
+    jobs: list[Job] = []
+    seen: dict[str, int] = {}
+    for n, text in enumerate(lines, 1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        job = parse_job(text, n, str(src))
+        if job.id in seen:
+            raise InvalidParameterError(f"{src}:{n}: job id {job.id!r} repeats line {seen[job.id]}; "
+                                        "give each job its own \"id\" (identical jobs count once).")
+        seen[job.id] = n
+        if job.type == "upscale":
+            inp = Path(job.kwargs["input"]).expanduser()
+            job.kwargs["input"] = str(inp if inp.is_absolute() else src.parent / inp)
+        jobs.append(job)
+    return jobs
+
+
+def record_path(outdir: Path, job: Job) -> Path:
+    return outdir / f"{job.id}.json"
+
+
+def _outputs(outdir: Path, job: Job, count: int) -> list[Path]:
+    return [outdir / (f"{job.id}.png" if count == 1 else f"{job.id}-{i}.png") for i in range(count)]
+
+
+def run_job(job: Job, outdir: Path, *, device=None, overwrite: bool = False,
+            progress: bool = False) -> list[Path]:
+    """Run one job, write its image(s) then its record (all atomic); return the image paths."""
+    kw = dict(job.kwargs)
+    if device is not None:
+        kw.setdefault("device", device)
+    if job.type == "generate":
+        from .generate import generate, text_to_image
+
+        if kw.get("upscaler"):
+            results = text_to_image(kw.pop("prompt"), progress=progress, **kw)
+        else:
+            kw.pop("size", None)
+            kw.pop("upscaler", None)
+            results = generate(kw.pop("prompt"), progress=progress, **kw)
+        paths = _outputs(outdir, job, len(results))
+        for res, dest in zip(results, paths):
+            res.save(dest, overwrite=overwrite)
+    else:
+        from .images import save_image
+        from .upscale import upscale
+
+        res = upscale(kw.pop("input"), progress=progress, full_result=True, **kw)
+        paths = _outputs(outdir, job, 1)
+        save_image(res.image, paths[0], metadata=res.as_metadata(), overwrite=overwrite)
+    return paths
+
+
+def _state():
+    try:
+        from accelerate import PartialState
+    except ImportError:  # plain single-process run without Accelerate installed
+        return None
+    import torch
+
+    # Launched as several processes (torchrun / `accelerate launch --multi_gpu`) on a host without
+    # CUDA: Accelerate only forms a CPU (gloo) group when told cpu=True, otherwise every process
+    # would believe it is alone and run every job.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=distributed and not torch.cuda.is_available())
+
+
+def run_batch(jobs_file: str | os.PathLike, outdir: str | os.PathLike, *, overwrite: bool = False,
+              progress: bool = True, device=None) -> BatchReport:
+    """Run the jobs of ``jobs_file`` into ``outdir``; under ``accelerate launch`` every process
+    runs its share. Jobs already done (their record exists) are skipped unless ``overwrite``.
+    A failing job is logged and reported, the others still run."""
+    from tqdm.auto import tqdm
+
+    from .images import atomic_write
+
+    out = Path(outdir)
+    jobs = read_jobs(jobs_file)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    if device is None and state is not None and state.device.type != "cpu":
+        device = str(state.device)  # this process's own GPU
+    # Every process reads the done-records before anyone writes (barrier below), so all of them
+    # see the same pending list and Accelerate splits it identically.
+    pending = [j for j in jobs if overwrite or not record_path(out, j).is_file()]
+    waiting = {j.id for j in pending}
+    report = BatchReport(rank, world, skipped=[j.id for j in jobs if j.id not in waiting and rank == 0])
+    if state is not None:
+        state.wait_for_everyone()
+    share = pending
+    if state is not None and world > 1:
+        with state.split_between_processes(pending) as mine:
+            share = list(mine)
+    log.info("process %d/%d: %d of %d pending jobs (%d done before)", rank, world, len(share),
+             len(pending), len(jobs) - len(pending))
+    for job in tqdm(share, desc=f"batch [{rank}]", unit="job", disable=not progress):
+        t0 = time.perf_counter()
+        try:
+            paths = run_job(job, out, device=device, overwrite=overwrite)
+            record = {"id": job.id, "type": job.type, "line": job.line, "job": job.kwargs,
+                      "outputs": [p.name for p in paths], "rank": rank,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+            atomic_write(record_path(out, job), json.dumps(record, indent=1).encode(),
+                         overwrite=overwrite)
+            report.done.append(job.id)
+        except OutputExistsError as exc:
+            report.failed[job.id] = f"{exc} (pass overwrite=True / --overwrite to replace it)"
+            log.error("job %s (line %d): %s", job.id, job.line, exc)
+        except Exception as exc:  # one bad job must not stop the batch; it is reported
+            report.failed[job.id] = f"{type(exc).__name__}: {exc}"
+            log.error("job %s (line %d) failed: %s: %s", job.id, job.line, type(exc).__name__, exc)
+    if state is not None:
+        state.wait_for_everyone()
+    return report
