@@ -6,8 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import PipelineError
+from ..errors import InvalidParameterError, PipelineError
+from ..upscale.backends import BACKENDS
 from ..upscale.sizing import check_scale, parse_size
+from ..upscale.tiling import check_tiling
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", help="target: N (long side) or WxH (exact)")
     p.add_argument("--tile", type=int, help="tile size in input px (0 = no tiling; default: auto)")
     p.add_argument("--overlap", type=int, help="tile overlap in input px (default 32)")
-    p.add_argument("--backend", default="auto", help="auto, torch, opencv, ncnn")
+    p.add_argument("--backend", default="auto", help=f"{', '.join(['auto', *BACKENDS])} "
+                   "(default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp", "tif", "keep"],
@@ -55,14 +58,31 @@ def output_path(rel: Path, out: Path, single_file: bool, fmt: str, suffix: str) 
     return out / rel.parent / f"{rel.stem}{suffix}{ext}"
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad flags once, before any file, instead of failing every file the same way."""
+    if args.scale is not None:
+        check_scale(args.scale)
+    check_tiling(args.tile, args.overlap)
+    if args.backend != "auto" and args.backend not in BACKENDS:
+        raise InvalidParameterError(f"unknown backend {args.backend!r}; choose one of "
+                                    f"{', '.join(['auto', *BACKENDS])}.")
+    if args.dtype is not None or args.device is not None:
+        try:
+            from ..devices import resolve_device, resolve_dtype
+            resolve_dtype(args.dtype)
+            if args.device is not None and args.backend != "opencv":
+                resolve_device(args.device)
+        except ImportError:  # no torch: the opencv fallback checks its own device
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..images import save_image
     from ..upscale import upscale
 
-    if args.scale is not None:
-        check_scale(args.scale)
+    _check_arguments(args)
     size = parse_size(args.size) if args.size else None
     files = collect_inputs(args.inputs)
     if not files:
@@ -71,8 +91,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     single = len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
     failed = skipped = done = 0
+    claimed: dict[Path, Path] = {}  # output → the input that writes it in this run
     for src, rel in tqdm(files, desc="images", unit="img", disable=len(files) < 2):
         dest = output_path(rel, out, single, args.format, args.suffix)
+        first = claimed.setdefault(dest.resolve(), src)
+        if first != src:
+            print(f"{src}: failed: its output {dest} is also the output of {first} in this run; "
+                  "rename one of them or use --format keep", file=sys.stderr)
+            failed += 1
+            continue
         if dest.exists() and dest.resolve() == src.resolve():
             print(f"{src}: refusing to write the output over its own input", file=sys.stderr)
             failed += 1
@@ -88,6 +115,17 @@ def run(args: argparse.Namespace) -> int:
             save_image(res.image, dest, metadata=res.as_metadata(), overwrite=args.overwrite)
         except (PipelineError, OSError) as exc:
             print(f"{src}: failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except MemoryError:  # numpy canvas allocations; the next (smaller) file may still fit
+            print(f"{src}: failed: out of memory; use a smaller --scale/--size or --tile, or "
+                  "--device cpu", file=sys.stderr)
+            failed += 1
+            continue
+        except Exception as exc:  # one odd file must not end a long batch
+            log.debug("unexpected failure on %s", src, exc_info=True)
+            print(f"{src}: failed: unexpected {type(exc).__name__}: {exc} (rerun with -v for the "
+                  "traceback)", file=sys.stderr)
             failed += 1
             continue
         done += 1

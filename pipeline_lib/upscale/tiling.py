@@ -133,8 +133,10 @@ def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overl
                 batch = 1
             elif current // 2 < MIN_TILE:
                 raise TileOutOfMemoryError(
-                    f"out of memory even with {current}px tiles; free GPU memory (clear_cache(), "
-                    "unload the diffusion pipeline) or run on device='cpu'.") from None
+                    f"out of memory even with {current}px tiles (the tiler halves the tile down "
+                    f"to {MIN_TILE}px): free GPU memory (clear_cache(), unload the diffusion "
+                    "pipeline), pass a smaller tile=... (CLI: --tile 128) or run on device='cpu' "
+                    "(CLI: --device cpu).") from None
             else:
                 tile = current // 2
             log.warning("out of memory; retrying with tile=%d batch=%d (pass tile=%d to skip this)",
