@@ -109,7 +109,7 @@ def write_corpus(folder: str | Path) -> dict[str, Case]:
     frames = [card, card.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     add("animated.gif", _encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
                                 duration=100, loop=0), error="read", match="animated")
-    add("animated.png", _encode(frames[0], "PNG", save_all=True, append_images=frames[1:],
+    add("animated_apng.png", _encode(frames[0], "PNG", save_all=True, append_images=frames[1:],
                                 duration=100), error="read", match="animated")
     add("png_named.jpg", png, size=(24 * s, 16 * s), mode="RGB", note="content wins over suffix")
     for name, data in files.items():

@@ -3,7 +3,7 @@ weights, cache races, killed runs, out-of-memory, parameter validation, property
 
 Every bad-input case from tests/bad_inputs.py goes through all three front ends and must give a
 correct image or a typed error naming the file; sources stay byte-identical and no partial output
-is left. Uses the compact realesr-animevideov3 on images of at most 160×160.
+is left. Uses the compact realesr-animevideov3 on images of at most 112×112.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def _check_image(out, case, src: Path) -> None:
     small = small.reshape(ref.shape).astype(np.float64)
     peak = 65535.0 if arr.dtype == np.uint16 else 255.0
     c = 1 if ref.shape[2] <= 2 else 3
-    diff = np.abs(small[..., :c] - ref[..., :c].astype(np.float64)).mean() / peak
+    # compared after a 5×5 box blur: a dithered 1-bit input comes back smooth, rightly
+    blur = lambda a: cv2.blur(np.ascontiguousarray(a[..., :c]), (5, 5)).reshape(a.shape[:2] + (c,))  # noqa: E731
+    diff = np.abs(blur(small) - blur(ref.astype(np.float64))).mean() / peak
     assert diff < 0.08, f"{case.name}: output does not look like the input ({diff:.3f})"
     if case.name == "exif_rotated.jpg":  # displayed = stored card turned 90° clockwise
         card = np.rot90(_gradient(24, 16), k=-1).astype(np.float64)
@@ -144,11 +147,10 @@ def test_corpus_through_cli(corpus, tmp_path):
     bad = [c for c in cases.values() if c.error]
     assert f"{len(good)} upscaled, 0 skipped, {len(bad)} failed" in r.stdout
     for case in bad:
-        line = next((ln for ln in r.stderr.splitlines() if ln.startswith(f"{folder / case.name}: failed:")), "")
-        assert line, f"{case.name}: no failure line in\n{r.stderr}"
-        import re
-
-        assert re.search(case.match, line), line
+        # progress bars share stderr, so a failure line may not start at a line start
+        m = re.search(re.escape(f"{folder / case.name}: failed: ") + "(.*)", r.stderr)
+        assert m, f"{case.name}: no failure line in\n{r.stderr}"
+        assert re.search(case.match, m[1]) and case.name in m[1], m[1]
     expected = {f"{Path(c.name).stem}_upscaled.png" for c in good}
     assert {p.name for p in out.iterdir()} == expected  # nothing partial, hidden or extra
     for case in good:
@@ -183,8 +185,6 @@ def test_corpus_through_http(corpus, client, name, tmp_path):
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["type"] == type_ and name in err["message"]
-        import re
-
         assert re.search(case.match, err["message"]), err["message"]
         assert "pipeline_lib_upload" not in err["message"]
     else:
@@ -285,7 +285,7 @@ def _convert_in_child(cache: str, start_at: float) -> str:
 
 def test_concurrent_processes_fill_the_converted_cache_safely(tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    start = time.time() + 4.0
+    start = time.time() + 3.0
     with ctx.Pool(3) as pool:
         digests = pool.starmap(_convert_in_child, [(str(tmp_path), start)] * 3, chunksize=1)
     dest = tmp_path / "converted" / f"{MODELS[FAST].ncnn_stem}.safetensors"
@@ -309,7 +309,7 @@ def test_killed_cli_leaves_no_partial_files_and_rerun_resumes(tmp_path, photo):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(6):
-        photo.crop((40 * i, 60, 40 * i + 160, 220)).save(src / f"img{i}.png")
+        photo.crop((50 * i, 60, 50 * i + 112, 172)).save(src / f"img{i}.png")
     hashes = {p.name: _sha(p) for p in src.iterdir()}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "pipeline_lib", "upscale", str(src), "-o", str(out),
@@ -327,7 +327,7 @@ def test_killed_cli_leaves_no_partial_files_and_rerun_resumes(tmp_path, photo):
     finished = sorted(out.glob("img*_upscaled.png"))
     assert 1 <= len(finished) < 6, "kill landed too late to test anything"
     for f in finished:  # every visible output is a complete image
-        assert Image.open(f).size == (640, 640)
+        assert Image.open(f).size == (448, 448)
         Image.open(f).load()
     r = _cli("upscale", src, "-o", out, "--model", FAST, "--scale", 4, "--device", "cpu")
     assert r.returncode == 0, r.stderr
@@ -337,7 +337,7 @@ def test_killed_cli_leaves_no_partial_files_and_rerun_resumes(tmp_path, photo):
     for f in out.iterdir():
         with Image.open(f) as im:
             im.load()
-            assert im.size == (640, 640)
+            assert im.size == (448, 448)
     assert {p.name: _sha(p) for p in src.iterdir()} == hashes
 
 
@@ -421,7 +421,7 @@ def test_cli_reports_oom_and_continues(oom_on_bright, tmp_path, capsys):
 
 
 def test_cli_survives_memory_error_and_unexpected_errors(tmp_path, capsys, monkeypatch):
-    import pipeline_lib.upscale as up_mod
+    up_mod = sys.modules["pipeline_lib.upscale"]  # the package, not the re-exported function
 
     real = up_mod.upscale
     failures = iter([MemoryError(), RuntimeError("cuDNN exploded")])
@@ -545,8 +545,6 @@ def test_cli_flags_are_checked_once_before_any_file(tmp_path, capsys, flags, mat
     rc = cli.main(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out),
                    "--model", FAST, *flags])
     err = capsys.readouterr().err
-    import re
-
     assert rc == 2 and re.search(match, err) and err.count("error:") == 1, err
     assert not out.exists()
 
@@ -626,3 +624,19 @@ def test_tiled_with_batches_and_oom_backoff_equals_untiled(h, w, tile, overlap, 
     out, used = run_with_backoff(fn, img, 2, tile, overlap, batch)  # 16-px tiles always fit
     assert used <= tile and out.shape == expected.shape
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_backoff_tile_counts_survive_overlap_larger_than_the_tile():
+    from pipeline_lib.upscale.tiling import count_tiles
+
+    # on_retry counts tiles with the caller's overlap (32) after halving to 16: used to divide by 0
+    assert count_tiles(40, 40, 16, 32) == 16  # 4×4 tiles of 16 px with the clamped overlap 7
+
+    def fits_16(x):
+        if x.shape[-1] > 16:
+            raise TileOutOfMemoryError("simulated")
+        return x
+
+    # a 17-px tile that does not fit gets one try at the 16-px minimum instead of giving up
+    out, used = run_with_backoff(fits_16, np.zeros((3, 5, 17), np.float32), 1, 17, 4)
+    assert used == 16 and out.shape == (3, 5, 17)

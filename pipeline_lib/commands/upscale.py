@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     claimed: dict[Path, Path] = {}  # output → the input that writes it in this run
     for src, rel in tqdm(files, desc="images", unit="img", disable=len(files) < 2):
         dest = output_path(rel, out, single, args.format, args.suffix)
-        first = claimed.setdefault(dest.resolve(), src)
-        if first != src:
+        first = claimed.get(dest.resolve())
+        if first is not None:
             print(f"{src}: failed: its output {dest} is also the output of {first} in this run; "
                   "rename one of them or use --format keep", file=sys.stderr)
             failed += 1
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                   "traceback)", file=sys.stderr)
             failed += 1
             continue
+        claimed[dest.resolve()] = src
         done += 1
         log.info("%s → %s (%dx%d, %s/%s, %.1fs)", src, dest, *res.size, res.model, res.backend,
                  res.seconds)
