@@ -51,7 +51,12 @@ def resolve_dtype(dtype: "str | object | None") -> "torch.dtype | None":  # noqa
     """Parse 'fp16'/'bf16'/'fp32' (or a torch.dtype); None means 'choose for the device'."""
     import torch
 
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise InvalidParameterError(f"unsupported dtype {dtype}; use torch.float16, "
+                                        "torch.bfloat16 or torch.float32 ('fp16', 'bf16', 'fp32').")
         return dtype
     name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
     if name is None:

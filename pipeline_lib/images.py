@@ -13,6 +13,7 @@ import struct
 import tempfile
 import zlib
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Union
 
@@ -31,8 +32,23 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 DEFAULT_MAX_INPUT_PIXELS = 64_000_000
 
 
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment; a typo there is an error, not a crash."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidParameterError(f"{name}={raw!r} is not a positive integer; set it to a pixel "
+                                    f"count such as {default} or unset it.")
+    return value
+
+
 def max_input_pixels() -> int:
-    return int(os.environ.get("PIPELINE_LIB_MAX_INPUT_PIXELS", DEFAULT_MAX_INPUT_PIXELS))
+    return env_int("PIPELINE_LIB_MAX_INPUT_PIXELS", DEFAULT_MAX_INPUT_PIXELS)
 
 
 @dataclass
@@ -113,6 +129,9 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> tuple[np.ndarr
     >>> arr.shape, meta.kind
     ((512, 512, 3), 'pil')
     """
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise InvalidParameterError(f"max_pixels must be a positive integer, got {max_pixels!r}.")
     limit = max_pixels or max_input_pixels()
     if isinstance(src, np.ndarray):
         arr, meta = _from_numpy(src)
@@ -146,7 +165,12 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> tuple[np.ndarr
         raise ImageReadError(f"{path}: not an image file Pillow can read (wrong extension, or "
                              "another kind of file).") from None
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{path}: {exc}") from None
+        # Pillow's own guard (PIL.Image.MAX_IMAGE_PIXELS) fired before ours could: same refusal,
+        # before decoding, but say which knobs apply.
+        raise ImageTooLargeError(
+            f"{path}: declares more pixels than Pillow's decompression-bomb limit ({exc}); refused "
+            f"before decoding (pipeline_lib's limit is {limit:,}). If the file is trusted, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS and max_pixels / PIPELINE_LIB_MAX_INPUT_PIXELS.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, (ImageReadError, InvalidParameterError)):
             raise
@@ -162,8 +186,9 @@ def _check_pixels(w: int, h: int, limit: int, name: str) -> None:
 
 def _refuse_animation(img: Image.Image, name: str) -> None:
     if getattr(img, "n_frames", 1) > 1 and img.format != "TIFF":
-        raise ImageReadError(f"{name}: animated image with {img.n_frames} frames; use "
-                             "upscale_file() or the CLI, which upscale every frame.")
+        raise ImageReadError(f"{name}: animated image with {img.n_frames} frames where a still "
+                             "image is expected; pass a single frame (PIL: img.seek(i), then "
+                             "img.convert('RGB')) or save one frame as PNG.")
 
 
 def _read_16bit_color(path: Path) -> np.ndarray:
@@ -171,7 +196,8 @@ def _read_16bit_color(path: Path) -> np.ndarray:
 
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageReadError(f"{path}: OpenCV could not decode this 16-bit PNG.")
+        raise ImageReadError(f"{path}: the image data is damaged or truncated (OpenCV could not "
+                             "decode this 16-bit PNG).")
     code = cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB
     return cv2.cvtColor(arr, code)
 
@@ -204,6 +230,10 @@ def _png_with_text(png: bytes, text: dict[str, str]) -> bytes:
 def encode_image(image: Image.Image | np.ndarray, fmt: str = "PNG",
                  metadata: dict[str, str] | None = None) -> bytes:
     """Encode ``image`` to bytes in ``fmt`` (PNG keeps 16-bit and ``metadata`` text chunks)."""
+    _check_metadata(metadata)
+    if not isinstance(image, (np.ndarray, Image.Image)):
+        raise InvalidParameterError(f"image must be a PIL image or a numpy array, not "
+                                    f"{type(image).__name__}.")
     if isinstance(image, np.ndarray):
         arr, _ = _from_numpy(image)
         if arr.dtype == np.uint16 and arr.shape[2] > 1:
@@ -219,7 +249,6 @@ def encode_image(image: Image.Image | np.ndarray, fmt: str = "PNG",
             data = buf.tobytes()
             return _png_with_text(data, metadata) if metadata and fmt == "PNG" else data
         image = to_output(arr, ImageMeta("pil", arr.shape[2], arr.dtype))
-    assert isinstance(image, Image.Image)
     params: dict[str, Any] = {}
     if fmt == "PNG":
         from PIL.PngImagePlugin import PngInfo
@@ -238,8 +267,30 @@ def encode_image(image: Image.Image | np.ndarray, fmt: str = "PNG",
     elif fmt == "WEBP":
         params["lossless"] = True
     buf = io.BytesIO()
-    image.save(buf, format=fmt, **params)
+    try:
+        image.save(buf, format=fmt, **params)
+    except (OSError, ValueError, KeyError) as exc:  # e.g. "cannot write mode P as JPEG"
+        raise InvalidParameterError(f"cannot save a {image.mode} image as {fmt} ({exc}); convert "
+                                    "it (image.convert('RGB')) or save as .png.") from None
     return buf.getvalue()
+
+
+def _check_metadata(metadata) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InvalidParameterError(f"metadata must be a dict of str → str, got "
+                                    f"{type(metadata).__name__}.")
+    for key in metadata:
+        # PNG text keywords: 1-79 Latin-1 characters (PNG spec §11.3.4.2)
+        ok = isinstance(key, str) and 1 <= len(key) <= 79
+        try:
+            ok = ok and bool(key.encode("latin-1"))
+        except UnicodeEncodeError:
+            ok = False
+        if not ok:
+            raise InvalidParameterError(f"metadata key {key!r} is not a PNG keyword: use a string of "
+                                        "1-79 Latin-1 characters, e.g. 'parameters'.")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
@@ -253,7 +304,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
     if dest.exists() and not overwrite:
         raise OutputExistsError(f"{dest} already exists; pass overwrite=True (CLI: --overwrite) "
                                 "or choose another name.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    _remove_stale_parts(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".part",
+                               dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -286,6 +339,32 @@ def publish_file(tmp: str | os.PathLike, dest: Path, overwrite: bool = False) ->
         os.replace(tmp, dest)
         return
     os.unlink(tmp)
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete temp files a killed writer of ``dest`` left behind (``.NAME.PID.xxx.part`` whose PID
+    is gone); a live writer's temp file is left alone."""
+    for part in dest.parent.glob(f".{glob_escape(dest.name)}.*.part"):
+        pid = part.name[len(dest.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            part.unlink()
+            log.info("removed %s, left by an interrupted run", part)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours (EPERM), or a platform without signals
+        return True
+    return True
 
 
 def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike, *,

@@ -30,12 +30,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError, PipelineError,
-                     UnknownModelError)
+                     TileOutOfMemoryError, UnknownModelError)
 from .images import encode_image, read_image
 from .upscale import (DEFAULT_MODEL, _choose_backend, _resolve_target, list_upscalers,
                       load_upscaler, upscale)
 from .upscale.registry import MODELS, ModelSpec
 from .upscale.sizing import check_scale, parse_size, passes_needed, target_size
+from .upscale.tiling import check_tiling
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,14 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
     chosen = _choose_backend(target, backend)
     served = target.name if isinstance(target, ModelSpec) else str(model)
     per_request = {k: upscale_opts.pop(k) for k in ("tile", "overlap") if k in upscale_opts}
+    # Bad settings fail here, at start-up, not on every request (or in a background load).
+    check_tiling(per_request.get("tile"), per_request.get("overlap"))
+    if chosen == "torch":
+        from .devices import resolve_device, resolve_dtype
+
+        resolve_dtype(dtype)
+        if device is not None:
+            resolve_device(device)
     state = _State(name=served)
 
     def load() -> None:
@@ -412,6 +421,21 @@ def _install_error_handlers(app: FastAPI) -> None:
             return respond(422, "unknown_model", str(exc))
         if isinstance(exc, InvalidParameterError):
             return respond(422, "invalid_parameter", str(exc))
+        if isinstance(exc, TileOutOfMemoryError):
+            return respond(503, "out_of_memory", f"{exc} The server keeps running; retry with a "
+                           "smaller image or scale, or restart it with a smaller --tile.")
+        log.exception("request failed", exc_info=exc)
+        return respond(500, "server_error", f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(MemoryError)
+    async def memory_error(_: Request, exc: MemoryError):
+        log.error("out of memory serving a request: %s", exc)
+        return respond(503, "out_of_memory", "the server ran out of memory on this request and "
+                       "keeps running; retry with a smaller image or scale.")
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception):
+        # Still the JSON error shape, never a bare "Internal Server Error" page.
         log.exception("request failed", exc_info=exc)
         return respond(500, "server_error", f"{type(exc).__name__}: {exc}")
 

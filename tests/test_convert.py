@@ -125,6 +125,6 @@ def test_offline_download_error_names_url_and_place(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_LIB_CACHE", str(tmp_path))
     spec = MODELS["realesrgan-x2plus"]
     with pytest.raises(WeightsError) as err:
-        load_upscaler("realesrgan-x2plus", device="cpu", backend="torch")
+        load_upscaler("realesrgan-x2plus", device="cpu", backend="torch")  # auto would fall back
     msg = str(err.value)
     assert spec.weights.url in msg and str(tmp_path) in msg and spec.weights.sha256 in msg

@@ -23,7 +23,7 @@ from ..images import ImageInput, ImageMeta, read_image, to_output
 from . import registry
 from .backends import BACKENDS, RUN_OPTIONS, Upscaler, backend_module
 from .registry import MODELS, ModelSpec, get_spec
-from .sizing import SizeArg, passes_needed, target_size
+from .sizing import SizeArg, check_canvas, passes_needed, target_size
 from .tiling import check_tiling, count_tiles, run_with_backoff
 
 log = logging.getLogger(__name__)
@@ -333,6 +333,7 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     run = _bind_run(up, run_opts, fallback)
     default = up.default_scale or up.scale
     out_size = target_size(w, h, scale=scale, size=size, default_scale=default)
+    check_canvas(w, h, out_size, up.scale)
     passes = passes_needed(w, h, out_size, up.scale)
     use_tile = up.default_tile if tile is None else tile
     if up.max_tile and (use_tile == 0 or use_tile > up.max_tile):

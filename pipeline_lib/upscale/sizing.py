@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import numbers
+import operator
 from typing import Sequence, Union
 
 from ..errors import InvalidParameterError
+from ..images import env_int
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +18,7 @@ DEFAULT_MAX_OUTPUT_PIXELS = 268_435_456  # 16384²: about 3 GB of float32 canvas
 
 
 def max_output_pixels() -> int:
-    return int(os.environ.get("PIPELINE_LIB_MAX_OUTPUT_PIXELS", DEFAULT_MAX_OUTPUT_PIXELS))
+    return env_int("PIPELINE_LIB_MAX_OUTPUT_PIXELS", DEFAULT_MAX_OUTPUT_PIXELS)
 
 
 def parse_size(size: SizeArg) -> tuple[int, int] | int | None:
@@ -32,29 +34,32 @@ def parse_size(size: SizeArg) -> tuple[int, int] | int | None:
             return _check_side(int(text))
         except ValueError:
             raise InvalidParameterError(f"size {size!r} is not 'N' or 'WxH' with positive integers.") from None
-    if isinstance(size, bool):
-        raise InvalidParameterError(f"size must be an int or (width, height), got {size!r}.")
-    if isinstance(size, (int,)) or hasattr(size, "__index__"):
-        return _check_side(int(size))
     if isinstance(size, (tuple, list)) and len(size) == 2:
         return _check_side(size[0]), _check_side(size[1])
+    if isinstance(size, numbers.Integral) or hasattr(size, "__index__"):
+        return _check_side(size)
     raise InvalidParameterError(f"size must be an int (long side) or (width, height), got {size!r}.")
 
 
 def _check_side(v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) and not hasattr(v, "__index__"):
-        raise InvalidParameterError(f"size values must be integers, got {v!r}.")
-    v = int(v)
+    # operator.index accepts Python and numpy integers only (not bools' numpy twin, floats,
+    # arrays); Python bools are refused explicitly since True == 1 would be silently accepted.
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise InvalidParameterError(f"size values must be integers ≥ 1, got {v!r}.") from None
     if v < 1:
         raise InvalidParameterError(f"size values must be ≥ 1 pixel, got {v}.")
     return v
 
 
 def check_scale(scale) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"scale must be a number, got {scale!r}.") from None
+    """A finite factor in (0, MAX_SCALE]; numbers only (numpy ones too), never bools or strings."""
+    if isinstance(scale, (bool, str, bytes)) or not isinstance(scale, numbers.Real):
+        raise InvalidParameterError(f"scale must be a number in (0, {MAX_SCALE:g}], got {scale!r}.")
+    s = float(scale)
     if not math.isfinite(s) or s <= 0 or s > MAX_SCALE:
         raise InvalidParameterError(f"scale must be a finite number in (0, {MAX_SCALE:g}], got {scale!r}.")
     return s
@@ -90,6 +95,20 @@ def target_size(width: int, height: int, *, scale=None, size: SizeArg = None,
             f"output {tw}×{th} = {tw * th:,} pixels exceeds the limit of {max_output_pixels():,}; "
             "ask for a smaller scale/size or raise PIPELINE_LIB_MAX_OUTPUT_PIXELS.")
     return tw, th
+
+
+def check_canvas(width: int, height: int, target: tuple[int, int], native: int) -> tuple[int, int]:
+    """The largest canvas the model passes produce (a ×4 model asked for ×2 works at ×4, and a
+    stretched ``size=(w, h)`` enlarges both sides by the larger factor); refuse it past the limit."""
+    grow = native ** passes_needed(width, height, target, native)
+    canvas = (max(target[0], width * grow), max(target[1], height * grow))
+    if canvas[0] * canvas[1] > max_output_pixels():
+        raise InvalidParameterError(
+            f"a {width}×{height} input upscaled to {target[0]}×{target[1]} needs a "
+            f"{canvas[0]}×{canvas[1]} working canvas ({canvas[0] * canvas[1]:,} pixels, past the "
+            f"limit of {max_output_pixels():,}); ask for a smaller scale/size, keep the aspect "
+            "ratio, or raise PIPELINE_LIB_MAX_OUTPUT_PIXELS.")
+    return canvas
 
 
 def passes_needed(width: int, height: int, target: tuple[int, int], native: int) -> int:

@@ -42,9 +42,16 @@ def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
     return size, starts
 
 
+def effective_overlap(tile: int, overlap: int) -> int:
+    """The overlap actually used: less than half the tile (tiles shrunk by OOM back-off keep
+    the caller's overlap only while it fits)."""
+    return min(overlap, max(tile // 2 - 1, 0))
+
+
 def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
     if tile <= 0:
         return 1
+    overlap = effective_overlap(tile, overlap)
     return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])
 
 
@@ -125,18 +132,20 @@ def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overl
     _, h, w = image.shape
     while True:
         try:
-            return run_tiled(fn, image, scale, tile, min(overlap, max(tile // 2 - 1, 0)),
+            return run_tiled(fn, image, scale, tile, effective_overlap(tile, overlap),
                              batch, progress), tile
         except TileOutOfMemoryError:
             current = tile if tile > 0 else max(h, w)
             if batch > 1:
                 batch = 1
-            elif current // 2 < MIN_TILE:
+            elif current <= MIN_TILE:  # a 17..31 px tile still gets one try at MIN_TILE
                 raise TileOutOfMemoryError(
-                    f"out of memory even with {current}px tiles; free GPU memory (clear_cache(), "
-                    "unload the diffusion pipeline) or run on device='cpu'.") from None
+                    f"out of memory even with {current}px tiles (the tiler halves the tile down "
+                    f"to {MIN_TILE}px): free GPU memory (clear_cache(), unload the diffusion "
+                    "pipeline), pass a smaller tile=... (CLI: --tile 128) or run on device='cpu' "
+                    "(CLI: --device cpu).") from None
             else:
-                tile = current // 2
+                tile = max(current // 2, MIN_TILE)
             log.warning("out of memory; retrying with tile=%d batch=%d (pass tile=%d to skip this)",
                         tile, batch, tile)
             if on_retry is not None:

@@ -133,8 +133,17 @@ def fetch(weights: Weights, progress: bool = True, subdir: str = "weights") -> P
     with _lock(dest):
         if verified(dest, weights.sha256):
             return dest
-        if dest.exists():
+        damaged = dest.exists()
+        if damaged:
             log.warning("cached %s fails its checksum; fetching it again", dest)
+        if offline() and damaged:
+            want = weights.sha256 or _recorded_hash(dest)
+            raise WeightsError(
+                f"the cache entry {dest} failed its sha256 checksum (expected {want}, got "
+                f"{sha256_file(dest)}): it is truncated or damaged, so it was not used. Delete it "
+                "and run again with downloads allowed (unset HF_HUB_OFFLINE / PIPELINE_LIB_OFFLINE) "
+                "to fetch it again, or " + _manual_hint(weights.url, dest, weights.sha256)[0].lower()
+                + _manual_hint(weights.url, dest, weights.sha256)[1:])
         if offline():
             raise WeightsError(f"{weights.filename} is not cached and downloads are off "
                                f"(HF_HUB_OFFLINE / PIPELINE_LIB_OFFLINE). " +
@@ -193,8 +202,10 @@ def converted_from_ncnn(spec: ModelSpec) -> Path:
         param, binf = ncnn_files(spec.ncnn_stem)
         state = ncnn_to_state_dict(load_ncnn_model(param, binf), spec.arch)
         with atomic_output(dest) as tmp:
-            save_file(state, str(tmp), metadata={"source": f"{NCNN_PACKAGE}:{spec.ncnn_stem}",
-                                                 "arch": spec.arch})
+            # One metadata key: safetensors writes several in hash-map order, which would make
+            # each conversion's bytes (and sha256) differ from the last.
+            save_file(state, str(tmp), metadata={
+                "source": f"{NCNN_PACKAGE}:{spec.ncnn_stem} (arch {spec.arch})"})
             digest = sha256_file(tmp)
         _record_hash(dest, digest)
         log.info("converted %s (ncnn) to %s", spec.ncnn_stem, dest)

@@ -127,10 +127,16 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         x = x.contiguous(memory_format=torch.channels_last)
         try:
             y = model(x)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError too
+            # CPU and MPS allocation failures are plain RuntimeErrors; they shrink tiles as well.
+            text = str(exc).lower()
+            if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
+                    or "not enough memory" in text or "can't allocate memory" in text):
+                raise
             del x
-            torch.cuda.empty_cache()
-            raise TileOutOfMemoryError(f"out of GPU memory on a {h}×{w} tile") from None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            raise TileOutOfMemoryError(f"out of {dev.type} memory on a {h}×{w} tile") from None
         if ph or pw:
             y = y[..., : h * desc.scale, : w * desc.scale]
         return y.clamp_(0, 1).float().cpu().numpy()
