@@ -24,6 +24,8 @@ _LAZY = {
     "unload_pipeline": ".generate", "GeneratedImage": ".generate", "list_presets": ".generate",
     "register_preset": ".generate", "size_for_aspect": ".generate", "Preset": ".generate",
     "read_metadata": ".metadata", "format_parameters": ".metadata", "parse_parameters": ".metadata",
+    # the HTTP service pulls in FastAPI/uvicorn
+    "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
 }
 
 
@@ -47,16 +49,5 @@ __all__ = [
     "OutputExistsError", "__version__",
     "create_app", "serve", "ServerLimits",
 ]
-
-# The HTTP service pulls in FastAPI/uvicorn; load it on first use so `import pipeline_lib` stays fast.
-_LAZY = {"create_app": "server", "serve": "server", "ServerLimits": "server"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
