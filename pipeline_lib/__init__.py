@@ -26,6 +26,9 @@ _LAZY = {
     "read_metadata": ".metadata", "format_parameters": ".metadata", "parse_parameters": ".metadata",
     # the HTTP service pulls in FastAPI/uvicorn
     "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
+    # figures and the notebook app pull in matplotlib / ipywidgets
+    "side_by_side": ".compare", "zoom_crops": ".compare", "compare_upscalers": ".compare",
+    "compare_models": ".compare", "app": ".widgets",
 }
 
 
@@ -48,6 +51,7 @@ __all__ = [
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
     "OutputExistsError", "__version__",
     "create_app", "serve", "ServerLimits",
+    "side_by_side", "zoom_crops", "compare_upscalers", "compare_models", "app",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
