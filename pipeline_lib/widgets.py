@@ -100,7 +100,7 @@ class App:
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="60%"))
         self.status = w.Label(value="ready")
         self.message = w.HTML(value="")
-        self.details = w.Output()
+        self.details = w.HTML(value="")  # the traceback of an unexpected error, folded away
         self.details_box = w.Accordion(children=[self.details], titles=("details",),
                                        layout=w.Layout(display="none"))
         self.zoom_x = w.FloatSlider(value=0.5, min=0, max=1, step=0.01, description="zoom x")
@@ -149,7 +149,7 @@ class App:
             for b in self.buttons:
                 b.disabled = True
             self.message.value = ""
-            self.details.clear_output()
+            self.details.value = ""
             self.details_box.layout.display = "none"
             try:
                 fn(*args)
@@ -170,10 +170,9 @@ class App:
         self.status.value = "failed"
         self.progress.bar_style = "danger"
         self.message.value = (f"<div style='color:#a00;border-left:4px solid #a00;padding:4px 8px'>"
-                              f"⚠ {html.escape(text)}</div>")
+                              f"⚠ {html.escape(text, quote=False)}</div>")
         if tb:
-            with self.details:
-                print(tb)
+            self.details.value = f"<pre style='font-size:11px'>{html.escape(tb, quote=False)}</pre>"
             self.details_box.layout.display = ""
             self.details_box.selected_index = None
 
