@@ -334,7 +334,7 @@ def compare_models(prompt: str, presets: Sequence[str], seed: int = 0, *, progre
             images[name] = out.image
         except PipelineError as exc:
             log.warning("compare_models: %s skipped: %s", name, exc)
-            row["error"] = str(exc)
+            row["note"] = str(exc)
         row["peak_gpu_mb"] = _cuda_peak(cuda)
         row["peak_rss_mb"] = _peak_rss_mb()
         rows.append(row)
