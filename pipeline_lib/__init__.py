@@ -24,11 +24,15 @@ from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipe
                        register_preset, size_for_aspect, text_to_image, unload_pipeline)
 from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
 
-# The HTTP service (FastAPI/uvicorn) and batch jobs (Accelerate) load on first use, so
+# The HTTP service (FastAPI/uvicorn), batch jobs (Accelerate) and the notebook helpers
+# (matplotlib/ipywidgets) load on first use, so
 # `import pipeline_lib` stays fast for upscaling-only users and the CLI.
 _LAZY = {
     "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
     "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
+    # figures and the notebook app pull in matplotlib / ipywidgets
+    "side_by_side": ".compare", "zoom_crops": ".compare", "compare_upscalers": ".compare",
+    "compare_models": ".compare", "app": ".widgets",
 }
 
 
@@ -52,6 +56,7 @@ __all__ = [
     "OutputExistsError", "__version__",
     "create_app", "serve", "ServerLimits",
     "run_batch", "read_jobs", "BatchReport",
+    "side_by_side", "zoom_crops", "compare_upscalers", "compare_models", "app",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,2 @@
+# Makes notebooks/conftest.py import as "notebooks.conftest", so it does not shadow tests/conftest.py
+# (tests do `from conftest import ...`).

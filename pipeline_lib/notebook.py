@@ -1,0 +1,164 @@
+"""What the notebooks need besides the app and the comparisons: where they run, test mode, a demo image.
+
+Notebook cells only call these, so the notebooks hold no logic of their own.
+
+>>> from pipeline_lib import notebook as nb
+>>> nb.environment() in ("colab", "kaggle", "local")
+True
+
+Test mode (``PIPELINE_LIB_NOTEBOOK_TEST=1``) swaps the real diffusion models for the tiny offline
+pipelines of :mod:`pipeline_lib.testing` and uses small sizes, so every notebook runs top to bottom
+on a CPU with no network (CI runs them with nbmake). The code path is the same otherwise.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TEST_ENV", "test_mode", "environment", "system_report", "print_system",
+           "test_presets", "model_choices", "study_presets", "study_kwargs", "demo_image", "demo_prompt", "defaults"]
+
+TEST_ENV = "PIPELINE_LIB_NOTEBOOK_TEST"
+_ASSET = Path("assets") / "astronaut.png"
+
+
+def test_mode(value: bool | None = None) -> bool:
+    """``value`` if given, else whether ``PIPELINE_LIB_NOTEBOOK_TEST`` is set to a true value."""
+    if value is not None:
+        return bool(value)
+    return os.environ.get(TEST_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def environment() -> str:
+    """'colab', 'kaggle' or 'local' (from the markers each service sets)."""
+    if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+        return "colab"
+    if "KAGGLE_KERNEL_RUN_TYPE" in os.environ or Path("/kaggle/working").is_dir():
+        return "kaggle"
+    return "local"
+
+
+def system_report() -> dict[str, Any]:
+    """Where we run: environment, Python, torch, the GPU and its memory (None without CUDA)."""
+    info: dict[str, Any] = {"environment": environment(), "python": platform.python_version(),
+                            "test_mode": test_mode(), "torch": None, "gpu": None,
+                            "gpu_memory_gb": None, "gpu_free_gb": None}
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["torch"] = torch.__version__
+    if torch.cuda.is_available():
+        dev = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(dev)
+        info.update(gpu=torch.cuda.get_device_name(dev), gpu_memory_gb=round(total / 2 ** 30, 1),
+                    gpu_free_gb=round(free / 2 ** 30, 1))
+    return info
+
+
+def print_system() -> dict[str, Any]:
+    """Print :func:`system_report` as one readable block (and return it)."""
+    r = system_report()
+    gpu = (f"{r['gpu']} — {r['gpu_memory_gb']} GB ({r['gpu_free_gb']} GB free)" if r["gpu"]
+           else "none (CPU only: generation is slow; upscaling small images is fine)")
+    print(f"environment: {r['environment']}{'  [notebook test mode: tiny offline models]' if r['test_mode'] else ''}\n"
+          f"python {r['python']}, torch {r['torch'] or 'not installed'}\nGPU: {gpu}")
+    return r
+
+
+def test_presets() -> list[str]:
+    """Register the tiny offline SD-1.x and SDXL pipelines as presets 'tiny-sd' / 'tiny-sdxl'.
+
+    They are built once (a few seconds) by :mod:`pipeline_lib.testing` and then reused.
+    """
+    from .generate import Preset, register_preset
+    from .testing import tiny_sd_pipeline_dir, tiny_sdxl_pipeline_dir
+
+    presets = [
+        Preset("tiny-sd", str(tiny_sd_pipeline_dir()), "StableDiffusionPipeline", steps=2,
+               guidance=5.0, size=(64, 64), description="tiny random SD-1.x pipeline (offline tests)"),
+        Preset("tiny-sdxl", str(tiny_sdxl_pipeline_dir()), "StableDiffusionXLPipeline", steps=2,
+               guidance=5.0, size=(64, 64), multiple=64,
+               description="tiny random SDXL pipeline (offline tests)"),
+    ]
+    for p in presets:
+        register_preset(p, replace=True)
+    return [p.name for p in presets]
+
+
+def model_choices(test: bool | None = None) -> list[str]:
+    """Preset names to offer: the tiny pipelines in test mode, the real presets otherwise."""
+    if test_mode(test):
+        return test_presets()
+    from .generate import list_presets
+
+    return [p["name"] for p in list_presets() if not p["name"].startswith("tiny-")]
+
+
+def study_presets(test: bool | None = None) -> list[str]:
+    """The models of the seed-001 study (photorealism, steerability, efficiency on a 16 GB GPU);
+    the tiny offline pipelines in test mode."""
+    if test_mode(test):
+        return test_presets()
+    return ["absolute-reality", "realistic-vision-v6", "epicrealism", "cyberrealistic-v3", "sdxl-base"]
+
+
+def study_kwargs(test: bool | None = None) -> dict[str, Any]:
+    """Extra ``generate()`` arguments for the model study: small and quick in test mode, else
+    each preset's own steps and size."""
+    return {"steps": 2, "width": 64, "height": 64} if test_mode(test) else {}
+
+
+def defaults(test: bool | None = None) -> dict[str, Any]:
+    """Sizes and models the notebooks use: small and offline in test mode."""
+    if test_mode(test):
+        return {"upscaler": "realesr-animevideov3", "target_size": 128, "steps": 2, "size": (64, 64),
+                "demo_side": 64, "compare_factor": 4}
+    return {"upscaler": "realesrgan-x4plus", "target_size": 2048, "steps": None, "size": None,
+            "demo_side": None, "compare_factor": 4}
+
+
+def _asset_candidates() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    cands = [here.parent / _ASSET, Path.cwd() / _ASSET, Path.cwd().parent / _ASSET]
+    # where the Colab/Kaggle install cell clones the repository
+    cands += [Path(p) / "pipeline_lib" / _ASSET for p in ("/content", "/kaggle/working")]
+    return cands
+
+
+def demo_image(side: int | None = None, test: bool | None = None):
+    """The bundled photograph (assets/astronaut.png, public-domain NASA portrait) as RGB PIL.
+
+    ``side`` (default: 64 in test mode, else the full 512) takes a centred square crop around the
+    face of that size, so test runs stay small. Raises :class:`ImageReadError` when the repository
+    checkout (and with it ``assets/``) cannot be found.
+    """
+    from PIL import Image
+
+    from .errors import ImageReadError
+
+    side = side or defaults(test)["demo_side"]
+    for path in _asset_candidates():
+        if path.is_file():
+            img = Image.open(path).convert("RGB")
+            break
+    else:
+        raise ImageReadError(f"{_ASSET} not found (looked in {', '.join(map(str, _asset_candidates()))}); "
+                             "run the notebook from a checkout of the repository or pass your own image.")
+    if side and side < min(img.size):
+        # the face sits about 30 % down the photo
+        cx = img.width // 2
+        cy = max(side // 2, min(img.height - side // 2, int(img.height * 0.3)))
+        img = img.crop((cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side))
+    return img
+
+
+def demo_prompt(test: bool | None = None) -> str:
+    """The prompt the notebooks use (short in test mode: the tiny tokenizer reads characters)."""
+    if test_mode(test):
+        return "astronaut portrait, studio light"
+    return ("portrait photo of an astronaut in a white spacesuit, American flag behind, studio "
+            "lighting, 85mm, sharp focus")

@@ -1,0 +1,167 @@
+"""The notebook app driven as a user would: set values, click buttons, read what is shown."""
+from __future__ import annotations
+
+import datetime
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ipywidgets")
+
+import pipeline_lib as pl  # noqa: E402
+from pipeline_lib.widgets import App  # noqa: E402
+
+
+@pytest.fixture()
+def ui(tmp_path) -> App:
+    a = pl.app(test_mode=True, output_dir=tmp_path / "out")
+    a.aspect.value = "custom"
+    a.width.value, a.height.value = 64, 64
+    a.target_size.value = "128"
+    return a
+
+
+def _upload(content: bytes, name: str) -> tuple[dict, ...]:
+    return ({"name": name, "type": "", "size": len(content), "content": memoryview(content),
+             "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_import_stays_light_and_exports_resolve():
+    code = ("import sys, pipeline_lib as pl; "
+            "assert 'matplotlib' not in sys.modules and 'ipywidgets' not in sys.modules; "
+            "assert callable(pl.app) and callable(pl.side_by_side) and callable(pl.compare_models); "
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_generate_upscale_save(ui, tmp_path):
+    ui.seed.value = "7"
+    ui.num_images.value = 2
+    ui.generate_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert [r.generated.seed for r in ui.results] == [7, 8]
+    assert [im.size for im in ui.shown_images()] == [(64, 64), (64, 64)]
+
+    ui.upscale_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    # each row: original and upscaled side by side
+    assert [im.size for im in ui.shown_images()] == [(64, 64), (128, 128)] * 2
+    shown_up = np.asarray(ui.shown_images()[1].convert("RGB"))
+    assert np.array_equal(shown_up, np.asarray(ui.results[0].upscaled.convert("RGB")))
+
+    ui.save_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    first = list(ui.saved)
+    assert len(first) == 2 and all(p.is_file() for p in first)
+    for p, seed in zip(first, (7, 8)):
+        assert Image.open(p).size == (128, 128)
+        meta = pl.read_metadata(p, extra=True)
+        assert meta["seed"] == seed and meta["model"] == "tiny-sd"
+        assert meta["prompt"] == ui.prompt.value.strip()
+        assert meta["upscaler"] == "realesr-animevideov3" and meta["upscale_size"] == "128x128"
+        # generate(**read_metadata(p)) makes the un-upscaled picture again
+        # (imported from the subpackage: once pipeline_lib.generate is imported, the package
+        # attribute `pl.generate` is the submodule, not the function)
+        from pipeline_lib.generate import generate
+
+        again = generate(**pl.read_metadata(p), progress=False)[0].image
+        orig = ui.results[seed - 7].original
+        assert np.array_equal(np.asarray(again), np.asarray(orig))
+    before = first[0].read_bytes()
+    ui.save_button.click()  # a second save gets new names and leaves the first files alone
+    second = ui.saved[2:]
+    assert len(second) == 2 and set(second).isdisjoint(first) and all(p.is_file() for p in second)
+    assert first[0].read_bytes() == before
+
+
+def test_bad_input_shows_message_and_app_keeps_working(ui):
+    ui.prompt.value = "   "
+    ui.generate_button.click()
+    assert "prompt is empty" in ui.message.value and ui.results == []
+    assert not ui.generate_button.disabled
+
+    ui.prompt.value = "a cat"
+    ui.width.value = 5000
+    ui.generate_button.click()
+    assert "InvalidParameterError" in ui.message.value and "4096" in ui.message.value
+
+    ui.upscale_button.click()
+    assert "nothing to upscale" in ui.message.value
+
+    ui.upload.value = _upload(b"this is not a picture", "notes.png")
+    assert "not an image" in ui.message.value and "notes.png" in ui.message.value
+    assert ui.results == []
+
+    ui.width.value = 64
+    ui.seed.value = "lucky"
+    ui.generate_button.click()
+    assert "seed must be" in ui.message.value
+
+    ui.seed.value = "3"
+    ui.target_size.value = "big"
+    ui.generate_button.click()  # a bad target size is caught before generating
+    assert "size 'big'" in ui.message.value and ui.results == []
+
+    ui.target_size.value = "128"
+    ui.generate_button.click()  # a valid click after all that works and clears the message
+    assert ui.message.value == "" and [im.size for im in ui.shown_images()] == [(64, 64)]
+
+
+def test_unexpected_error_is_one_line_with_folded_details(ui, monkeypatch):
+    up = sys.modules["pipeline_lib.upscale"]  # the package attribute is the function
+
+    ui.generate_button.click()
+
+    def boom(*a, **k):
+        raise RuntimeError("GPU fell off the bus")
+
+    monkeypatch.setattr(up, "upscale", boom)
+    ui.upscale_button.click()
+    assert "unexpected error while upscaling: RuntimeError: GPU fell off the bus" in ui.message.value
+    assert "Traceback" not in ui.message.value
+    assert ui.details_box.layout.display == ""  # the traceback is there, folded
+    assert "Traceback" in ui.details.value and "GPU fell off the bus" in ui.details.value
+    monkeypatch.undo()
+    ui.upscale_button.click()
+    assert ui.message.value == "" and ui.details_box.layout.display == "none"
+    assert ui.results[0].upscaled.size == (128, 128)
+
+
+def test_upload_upscale_and_save(ui, small_photo):
+    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert [im.size for im in ui.shown_images()] == [(48, 40)]
+    ui.target_size.value = "96"
+    ui.upscale_button.click()
+    assert [im.size for im in ui.shown_images()] == [(48, 40), (96, 80)]
+    ui.save_button.click()
+    (path,) = ui.saved
+    assert path.name == "face-96x80.png"
+    with Image.open(path) as img:
+        assert img.size == (96, 80)
+        assert img.text["upscaler"] == "realesr-animevideov3" and img.text["upscale_factor"] == "2"
+
+
+def test_zoom_crop_follows_sliders(ui, small_photo):
+    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    ui.upscale_button.click()
+    crops_widget = ui.gallery.children[0].children[1].children[-1].children[1]
+    before = [bytes(c.value) for c in crops_widget.children]
+    assert len(before) == 2
+    sizes = [Image.open(io.BytesIO(b)).size for b in before]
+    assert sizes[0] == sizes[1]  # the same region shown at the same size
+    ui.zoom.value = 8
+    crops_widget = ui.gallery.children[0].children[1].children[-1].children[1]
+    assert [bytes(c.value) for c in crops_widget.children] != before
