@@ -46,8 +46,8 @@ def media_kind(path: str | os.PathLike) -> str:
             with Image.open(p) as im:
                 if getattr(im, "is_animated", False):
                     return "animated"
-        except (UnidentifiedImageError, OSError):
-            pass  # read_image reports it properly
+        except Exception:  # a probe only: read_image reports bombs, damage etc. with the file name
+            pass
     return "still"
 
 

@@ -144,14 +144,21 @@ def test_corpus_through_cli(corpus, tmp_path):
              "--scale", SCALE, "--device", "cpu")
     assert r.returncode == 1, r.stderr  # some inputs fail, the run finishes
     good = [c for c in cases.values() if not c.error]
-    bad = [c for c in cases.values() if c.error]
-    assert f"{len(good)} upscaled, 0 skipped, {len(bad)} failed" in r.stdout
+    # upscale() refuses animations as stills, but the CLI upscales them frame by frame
+    animated = {"animated.gif": "animated_upscaled.gif",
+                "animated_apng.png": "animated_apng_upscaled.png"}
+    bad = [c for c in cases.values() if c.error and c.name not in animated]
+    assert f"{len(good) + len(animated)} upscaled, 0 skipped, {len(bad)} failed" in r.stdout
+    for src_name, out_name in animated.items():
+        with Image.open(folder / src_name) as src, Image.open(out / out_name) as got:
+            assert got.n_frames == src.n_frames >= 2
+            assert got.size == (round(src.width * float(SCALE)), round(src.height * float(SCALE)))
     for case in bad:
         # progress bars share stderr, so a failure line may not start at a line start
         m = re.search(re.escape(f"{folder / case.name}: failed: ") + "(.*)", r.stderr)
         assert m, f"{case.name}: no failure line in\n{r.stderr}"
         assert re.search(case.match, m[1]) and case.name in m[1], m[1]
-    expected = {f"{Path(c.name).stem}_upscaled.png" for c in good}
+    expected = {f"{Path(c.name).stem}_upscaled.png" for c in good} | set(animated.values())
     assert {p.name for p in out.iterdir()} == expected  # nothing partial, hidden or extra
     for case in good:
         _check_image(out / f"{Path(case.name).stem}_upscaled.png", case, folder / case.name)
@@ -481,7 +488,7 @@ def test_http_reports_oom_as_503_and_keeps_serving(client, oom_on_bright):
     ({"device": 7}, "unknown device"),
     ({"device": "gpu"}, "unknown device"),
     ({"device": "cuda:-1"}, "unknown device"),
-    ({"backend": "ncnn"}, "unknown backend 'ncnn'; choose one of auto, torch, opencv"),
+    ({"backend": "vulkan"}, "unknown backend 'vulkan'; choose one of auto, torch, opencv, ncnn"),
     ({"backend": None}, "unknown backend"),
     ({"backend": "opencv"}, "runs on backends torch, ncnn, not 'opencv'"),
     ({"sharpen": 1}, "takes no options"),
@@ -531,7 +538,7 @@ def test_save_image_validates_and_writes_nothing(tmp_path, image, kwargs, dest, 
     (["--tile", "-1"], "tile must be an integer ≥ 0"),
     (["--tile", "64", "--overlap", "40"], "less than half"),
     (["--dtype", "fp8"], "unknown dtype"),
-    (["--backend", "ncnn"], "unknown backend 'ncnn'"),
+    (["--backend", "vulkan"], "unknown backend 'vulkan'"),
     (["--device", "cuda:7"], "cuda"),
     (["--scale", "nan"], "scale must be a finite number"),
     (["--scale", "inf"], "scale must be a finite number"),
@@ -554,7 +561,7 @@ def test_cli_flags_are_checked_once_before_any_file(tmp_path, capsys, flags, mat
     ({"tile": 32, "overlap": 16}, "less than half"),
     ({"device": "cuda:7"}, "cuda"),
     ({"dtype": "fp8"}, "unknown dtype"),
-    ({"backend": "ncnn"}, "unknown backend"),
+    ({"backend": "vulkan"}, "unknown backend"),
 ])
 def test_server_settings_fail_at_create_app(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match):
