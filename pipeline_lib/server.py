@@ -16,11 +16,12 @@ import base64
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import anyio
@@ -34,6 +35,7 @@ from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError, 
 from .images import encode_image, read_image
 from .upscale import (DEFAULT_MODEL, _choose_backend, _resolve_target, list_upscalers,
                       load_upscaler, upscale)
+from .upscale.backends import RUN_OPTIONS
 from .upscale.registry import MODELS, ModelSpec
 from .upscale.sizing import check_scale, parse_size, passes_needed, target_size
 from .upscale.tiling import check_tiling
@@ -192,6 +194,7 @@ class _Job:
     prompt: str
     guidance_scale: float | None
     seed: int | None
+    seeds: list[int] = field(default_factory=list)  # per image, filled for sampling upscalers
 
 
 def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
@@ -212,7 +215,10 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
     target = _resolve_target(model)  # fail fast on typos, not minutes later in a log
     chosen = _choose_backend(target, backend)
     served = target.name if isinstance(target, ModelSpec) else str(model)
-    per_request = {k: upscale_opts.pop(k) for k in ("tile", "overlap") if k in upscale_opts}
+    # tiling and a diffusion upscaler's per-call settings (steps, noise_level...) go to every
+    # upscale() call; the rest are load options
+    per_call = {"tile", "overlap", *RUN_OPTIONS.get(chosen, ())}
+    per_request = {k: upscale_opts.pop(k) for k in list(upscale_opts) if k in per_call}
     # Bad settings fail here, at start-up, not on every request (or in a background load).
     check_tiling(per_request.get("tile"), per_request.get("overlap"))
     if chosen == "torch":
@@ -317,20 +323,28 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
     def infer(arr, job: _Job):
         with_tile = {"backend": chosen, "device": device, "dtype": dtype, "progress": False,
                      "full_result": True, **per_request, **upscale_opts}
-        # Every registered upscaler is deterministic: n copies of one result, computed once.
-        # A sampling upscaler (info["stochastic"]) gets n separate runs.
-        runs = job.n if state.upscaler.info.get("stochastic") else 1
-        return [upscale(arr, served, scale=job.scale, size=job.size, **with_tile)
-                for _ in range(runs)]
+        if "prompt" in state.upscaler.run_options:
+            # Diffusion upscalers sample: the prompt steers them and image i uses seed + i, so
+            # n requests give n different, individually reproducible results.
+            base = job.seed if job.seed is not None else random.randrange(2**32 - job.n)
+            job.seeds = [base + i for i in range(job.n)]
+            with_tile["prompt"] = job.prompt
+            if job.guidance_scale is not None:
+                with_tile["guidance"] = job.guidance_scale
+            return [upscale(arr, served, scale=job.scale, size=job.size, seed=s, **with_tile)
+                    for s in job.seeds]
+        # The GAN/regression upscalers are deterministic: n copies of one result, computed once.
+        return [upscale(arr, served, scale=job.scale, size=job.size, **with_tile)]
 
     def encode(results, meta, job: _Job) -> list[str]:
         extra = {k: str(v) for k, v in (("upscale_prompt", job.prompt),
                                         ("upscale_guidance_scale", job.guidance_scale),
                                         ("upscale_seed", job.seed)) if v not in (None, "")}
         out = []
-        for res in results:
+        for i, res in enumerate(results):
             res.source_metadata = dict(meta.info)
-            png = encode_image(res.image, "PNG", {**res.as_metadata(), **extra})
+            seed = {"upscale_seed": str(job.seeds[i])} if job.seeds else {}
+            png = encode_image(res.image, "PNG", {**res.as_metadata(), **extra, **seed})
             out.append(base64.b64encode(png).decode("ascii"))
         return (out * job.n)[:job.n] if len(out) == 1 else out
 

@@ -390,3 +390,30 @@ def test_inference_is_serialised_and_off_the_event_loop(client, tiny, monkeypatc
         release.set()
         assert all(f.result(timeout=120).status_code == 200 for f in futures)
     assert peak[0] == 1  # one request on the model at a time
+
+
+# ------------------------------------------------------------------ diffusion upscaler
+def test_diffusion_upscaler_uses_prompt_guidance_and_per_image_seeds(tiny, tmp_path):
+    """Served sd-x4 (tiny offline copy): the prompt steers it, image i uses seed + i, and a repeat
+    with the same seed gives the same pixels."""
+    from pipeline_lib.testing import tiny_sd_x4_upscaler_dir
+
+    folder = str(tiny_sd_x4_upscaler_dir(tmp_path))
+    img = tiny.crop((0, 0, 16, 12))
+    with TestClient(create_app(folder, device="cpu", limits=LIMITS, steps=2)) as c:
+        _wait_ready(c.get)
+
+        def ask(**fields):
+            r = _post(c, _png(img), **fields)
+            assert r.status_code == 200, r.text
+            return [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in r.json()["data"]]
+
+        a = ask(prompt="a cat", n=2, guidance_scale=7.5, seed=5)
+        assert [im.size for im in a] == [(64, 48)] * 2
+        assert [im.text["upscale_seed"] for im in a] == ["5", "6"]
+        assert a[0].text["upscale_prompt"] == "a cat"
+        assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+        again = ask(prompt="a cat", n=1, guidance_scale=7.5, seed=5)
+        assert np.array_equal(np.asarray(again[0]), np.asarray(a[0]))
+        other = ask(prompt="a dog on the moon", n=1, guidance_scale=7.5, seed=5)
+        assert not np.array_equal(np.asarray(other[0]), np.asarray(a[0]))

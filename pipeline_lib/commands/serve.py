@@ -17,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")
     p.add_argument("--backend", default="auto", help="auto, torch, ... (default %(default)s)")
     p.add_argument("--tile", type=int, help="tile size in input px (default: auto)")
+    diff = p.add_argument_group("diffusion upscalers (sd-x4, sd-x2-latent)")
+    diff.add_argument("--steps", type=int, help="denoising steps per image")
+    diff.add_argument("--noise-level", type=int, help="sd-x4 noise level (0-350)")
+    diff.add_argument("--negative-prompt", help="negative prompt for every request")
     limits = p.add_argument_group("limits (default: PIPELINE_LIB_SERVER_* environment, then built-in)")
     limits.add_argument("--max-upload-mb", type=float, help="largest request body, MB (default 20)")
     limits.add_argument("--max-input-pixels", type=int, help="largest input, pixels (default 2048²)")
@@ -42,7 +46,9 @@ def limits_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..server import serve
 
-    opts = {"tile": args.tile} if args.tile is not None else {}
+    opts = {k: v for k, v in (("tile", args.tile), ("steps", args.steps),
+                              ("noise_level", args.noise_level),
+                              ("negative_prompt", args.negative_prompt)) if v is not None}
     serve(args.host, args.port, args.model, args.device, limits_from_args(args),
           log_level=args.log_level, dtype=args.dtype, backend=args.backend, **opts)
     return 0
