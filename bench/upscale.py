@@ -1,0 +1,402 @@
+"""Real-ESRGAN x4plus: our ``upscale()`` vs the official ``RealESRGANer``, ncnn and OpenCV, one run.
+
+Every method runs the same weights (the packaged ncnn Real-ESRGAN x4plus, converted offline to
+safetensors by ``converted_from_ncnn``; RealESRGANer gets a ``.pth`` saved from that state dict,
+ncnn runs the packaged .param/.bin itself) on the same crops of assets/astronaut.png, untiled and
+at one tile size. Each (method, size, tiling) runs in a fresh subprocess, so its peak RSS is its
+own. ``RealESRGANer`` (``realesrgan`` + ``basicsr`` + ``opencv-python``) lives in a separate venv
+this script creates on first use (bench/.venv-peer), because opencv-python clashes with the
+opencv-contrib build the library uses; basicsr needs a ``torchvision.transforms.functional_tensor``
+alias on current torchvision, installed in the worker below.
+
+Reported: best and median seconds over the timed repeats (after one untimed warm-up: on CPU a
+32² crop, so first-call set-up is not counted but 512² runs do not cost double), megapixels of
+output per second, peak RSS (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), PSNR against
+RealESRGANer's untiled output. RealESRGANer runs with ``pre_pad=0``: with it, its untiled maths
+equals ours (its default pre_pad=10 reflect-pads the input, which changes border pixels).
+
+    python bench/upscale.py                # 128², 256², 512²; 3 repeats (1 at 512²)
+    python bench/upscale.py --quick        # 48², 96²; 1 repeat: a few minutes on 2 CPU cores
+    python bench/upscale.py --device cuda  # fp16 on a GPU (the default when one is present)
+
+Ends with one machine-readable line:
+``summary: vs_realesrganer=… vs_ncnn=… psnr_vs_realesrganer_db=… peak_rss_ratio=…`` where the
+speed ratios are medians over sizes of (their best seconds / our best seconds), untiled, i.e. at
+equal output; the PSNR is the lowest over sizes, untiled; the memory ratio is ours at default
+settings over RealESRGANer at its defaults (untiled) on the largest size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import _common as C  # noqa: E402
+
+ASSET = ROOT / "assets" / "astronaut.png"
+MODEL = "realesrgan-x4plus"
+SCALE = 4
+OVERLAP = 32  # ours / ncnn tiles share this many input px (the library default)
+TILE_PAD = 10  # RealESRGANer's default tile_pad
+PEER_PACKAGES = ["realesrgan", "basicsr"]
+
+
+# --------------------------------------------------------------------------- workers
+
+def _read_rgb(path: str):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _warm_input(path: str, device: str):
+    """CPU: a 32² crop (pays one-off set-up without doubling a 512² run); GPU: the input itself
+    (cuDNN autotunes per shape, which a real job pays once)."""
+    img = _read_rgb(path)
+    return img if device.startswith("cuda") else img[:32, :32].copy()
+
+
+def _cuda_peak(device: str, reset: bool = False) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+def worker_ours(a) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from pipeline_lib import upscale
+
+    tile = None if a.tile < 0 else a.tile
+    kw = dict(model=a.model, tile=tile, backend="torch" if a.model == MODEL else "auto",
+              device=a.device, progress=False, full_result=True)
+    if a.dtype:
+        kw["dtype"] = a.dtype
+    img = _read_rgb(a.input)
+    upscale(_warm_input(a.input, a.device), **kw)
+    _cuda_peak(a.device, reset=True)
+
+    def go():
+        res = upscale(img, **kw)
+        if a.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+        return res
+
+    res, times = C.timed(go, a.repeat)
+    return {"image": res.image, "times": times, "tile": res.tile, "dtype": res.dtype,
+            "gpu_peak_mb": _cuda_peak(a.device)}
+
+
+def worker_realesrganer(a) -> dict:
+    import numpy as np
+    import torch
+    import torchvision.transforms.functional as tvf
+
+    # basicsr imports this module, which torchvision removed (0.17); its functions live here now
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", tvf)
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+    from realesrgan import RealESRGANer
+
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
+    up = RealESRGANer(scale=SCALE, model_path=a.pth, model=net, tile=max(a.tile, 0),
+                      tile_pad=TILE_PAD, pre_pad=0, half=a.device.startswith("cuda"),
+                      device=torch.device(a.device))
+    bgr = np.ascontiguousarray(_read_rgb(a.input)[..., ::-1])
+    up.enhance(np.ascontiguousarray(_warm_input(a.input, a.device)[..., ::-1]), outscale=SCALE)
+    _cuda_peak(a.device, reset=True)
+
+    def go():
+        out = up.enhance(bgr, outscale=SCALE)[0]
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    out, times = C.timed(go, a.repeat)
+    return {"image": np.ascontiguousarray(out[..., ::-1]), "times": times, "tile": max(a.tile, 0),
+            "dtype": "float16" if a.device.startswith("cuda") else "float32",
+            "gpu_peak_mb": _cuda_peak(a.device)}
+
+
+def worker_ncnn(a) -> dict:
+    """The packaged .param/.bin through the ncnn package, tiled by our tiler (so only the
+    network differs from ours), with ncnn's CPU path (or Vulkan with --device cuda when ncnn
+    sees a GPU)."""
+    sys.path.insert(0, str(ROOT))
+    import ncnn
+    import numpy as np
+
+    from pipeline_lib.upscale import _from_float, _to_float
+    from pipeline_lib.upscale.tiling import run_tiled
+    from pipeline_lib.upscale.weights import ncnn_files
+
+    param, binf = ncnn_files("REALESRGAN_X4PLUS_UP4X")
+    net = ncnn.Net()
+    vulkan = a.device.startswith("cuda") and ncnn.get_gpu_count() > 0
+    net.opt.use_vulkan_compute = vulkan
+    net.opt.num_threads = os.cpu_count() or 1
+    net.load_param(str(param))
+    net.load_model(str(binf))
+
+    def fn(batch):
+        outs = []
+        for chw in batch:
+            src = np.ascontiguousarray(chw)  # ncnn.Mat borrows this memory: keep it alive
+            with net.create_extractor() as ex:
+                ex.input("data", ncnn.Mat(src))
+                _, mat = ex.extract("output")
+                outs.append(np.array(mat))
+        return np.clip(np.stack(outs), 0.0, 1.0)
+
+    def go(img):
+        chw = _to_float(img)
+        return _from_float(run_tiled(fn, chw, SCALE, max(a.tile, 0), OVERLAP), img.dtype)
+
+    img = _read_rgb(a.input)
+    go(_warm_input(a.input, a.device))
+    out, times = C.timed(lambda: go(img), a.repeat)
+    return {"image": out, "times": times, "tile": max(a.tile, 0),
+            "dtype": "ncnn-vulkan" if vulkan else "ncnn-cpu", "gpu_peak_mb": None}
+
+
+WORKERS = {"ours": worker_ours, "realesrganer": worker_realesrganer, "ncnn": worker_ncnn}
+
+
+def worker_main(a) -> int:
+    import numpy as np
+
+    out = Path(a.out)
+    res = WORKERS[a.worker](a)
+    np.save(out / "image.npy", np.asarray(res.pop("image")))
+    res["peak_rss_mb"] = C.peak_rss_mb()
+    C.write_result(out / "result.json", res)
+    return 0
+
+
+# --------------------------------------------------------------------------- peer venv
+
+def peer_python(venv: Path) -> Path:
+    """The peer venv's python, creating the venv (and installing RealESRGANer) if needed."""
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", "import sys, torchvision.transforms.functional as f; "
+             "sys.modules['torchvision.transforms.functional_tensor'] = f; import realesrgan"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    print(f"creating {venv} with {' '.join(PEER_PACKAGES)} (one-off, a few minutes)…", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pins = []
+    try:  # the same torch as ours, so only the inference code differs
+        import torch
+        import torchvision
+
+        pins = [f"torch=={torch.__version__.split('+')[0]}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    except ImportError:
+        pass
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *pins, *PEER_PACKAGES], check=True)
+    subprocess.run(probe, check=True)
+    return py
+
+
+# --------------------------------------------------------------------------- driver
+
+def save_weights_pth(tmp: Path) -> Path:
+    """RealESRGANer wants a .pth with ``params_ema``: write ours (same tensors) into one."""
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline_lib.upscale.registry import MODELS
+    from pipeline_lib.upscale.weights import converted_from_ncnn
+
+    path = tmp / "RealESRGAN_x4plus_from_ncnn.pth"
+    torch.save({"params_ema": load_file(str(converted_from_ncnn(MODELS[MODEL])))}, path)
+    return path
+
+
+def crop(size: int, tmp: Path) -> Path:
+    from PIL import Image
+
+    img = Image.open(ASSET).convert("RGB")
+    w, h = img.size
+    if size > min(w, h):
+        raise SystemExit(f"--sizes: {size} is larger than {ASSET.name} ({w}×{h}).")
+    left, top = (w - size) // 2, (h - size) // 2
+    path = tmp / f"crop{size}.png"
+    img.crop((left, top, left + size, top + size)).save(path)
+    return path
+
+
+def run_one(python: Path, kind: str, inp: Path, tile: int, repeat: int, device: str, tmp: Path,
+            pth: Path, model: str = MODEL, dtype: str | None = None, timeout: float | None = None
+            ) -> dict:
+    import numpy as np
+
+    out = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{kind}-"))
+    argv = [str(Path(__file__).resolve()), "--worker", kind, "--input", str(inp), "--out", str(out),
+            "--tile", str(tile), "--repeat", str(repeat), "--device", device, "--pth", str(pth),
+            "--model", model] + (["--dtype", dtype] if dtype else [])
+    res = C.run_worker(python, argv, out / "result.json", timeout=timeout)
+    res["image"] = np.load(out / "image.npy")
+    res.update(C.summarise(res["times"]))
+    return res
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fmt(x, spec=".2f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x == float("inf"):
+        return "inf"
+    return format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    p.add_argument("--sizes", type=int, nargs="+", help="input side lengths (default 128 256 512)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size for the tiled rows (default 128; 80 with --quick; > 2×overlap)")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 3)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--peer-venv", type=Path, default=HERE / ".venv-peer")
+    p.add_argument("--skip", nargs="*", default=[], choices=["realesrganer", "ncnn", "opencv"])
+    p.add_argument("--json", type=Path, help="also write every row here")
+    # worker mode (internal)
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--pth", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.repeat = a.repeat or 1
+        a.tile = -1 if a.tile is None else a.tile
+        return worker_main(a)
+
+    import numpy as np
+    import torch
+
+    device = a.device or default_device()
+    sizes = a.sizes or ([48, 96] if a.quick else [128, 256, 512])
+    tile = a.tile or (80 if a.quick else 128)
+    repeat = a.repeat or (1 if a.quick else 3)
+    gpu = device.startswith("cuda")
+    print(f"machine: {C.machine_description()}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if gpu else ""))
+    print(f"sizes {sizes}, tile {tile} (ours/ncnn overlap {OVERLAP}, RealESRGANer tile_pad "
+          f"{TILE_PAD}), {repeat} timed repeat(s); times: best / median seconds", flush=True)
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-upscale-") as td:
+        tmp = Path(td)
+        pth = save_weights_pth(tmp)
+        peer = None if "realesrganer" in a.skip else peer_python(a.peer_venv)
+        me = Path(sys.executable)
+        for size in sizes:
+            inp = crop(size, tmp)
+            rep = 1 if size >= 512 and not gpu and a.repeat is None else repeat
+            plan = [("realesrganer", peer, 0, None, MODEL), ("ours", me, 0, None, MODEL),
+                    ("ncnn", me, 0, None, MODEL),
+                    ("realesrganer", peer, tile, None, MODEL), ("ours", me, tile, None, MODEL),
+                    ("ncnn", me, tile, None, MODEL), ("ours", me, -1, None, MODEL)]
+            if gpu:  # what fp16 costs in pixels: the same run in fp32
+                plan.append(("ours", me, 0, "fp32", MODEL))
+            if "opencv" not in a.skip:
+                plan.append(("ours", me, -1, None, "fsrcnn-x4"))
+                sys.path.insert(0, str(ROOT))
+                from pipeline_lib.upscale.registry import MODELS
+                from pipeline_lib.upscale.weights import weights_available
+                if "edsr-x4" in MODELS and weights_available(MODELS["edsr-x4"]):
+                    plan.append(("ours", me, -1, None, "edsr-x4"))
+            ref = untiled_ours = None
+            for kind, py, t, dt, model in plan:
+                if py is None or (kind == "ncnn" and "ncnn" in a.skip):
+                    continue
+                label = kind if model == MODEL else f"{model} (opencv)"
+                try:
+                    r = run_one(py, kind, inp, t, rep, device, tmp, pth, model, dt)
+                except Exception as exc:  # report and go on: one broken peer must not hide the rest
+                    print(f"  {label} tile={t}: FAILED: {str(exc).splitlines()[0]}", flush=True)
+                    continue
+                r.update(method=label, size=size, tile_arg=t, dtype_arg=dt or "")
+                if kind == "realesrganer" and t == 0:
+                    ref = r["image"]
+                img = r.pop("image")
+                r["psnr_db"] = C.psnr(img, ref) if ref is not None and img.shape == ref.shape else None
+                if kind == "ours" and t == 0 and dt is None and model == MODEL:
+                    untiled_ours = img
+                if dt == "fp32" and untiled_ours is not None:
+                    r["psnr_vs_ours_default_db"] = C.psnr(img, untiled_ours)
+                r["mpix_s"] = (size * SCALE) ** 2 / 1e6 / r["best_s"]
+                rows.append(r)
+                mem = r["gpu_peak_mb"] if gpu else r["peak_rss_mb"]
+                tile_txt = {0: "none", -1: f"auto→{r['tile']}"}.get(t, str(t))
+                print(f"  {size:4d}² {label:22s} tile {tile_txt:9s} {r['best_s']:8.2f} / "
+                      f"{r['median_s']:8.2f} s  {r['mpix_s']:6.3f} MP/s  "
+                      f"{'GPU' if gpu else 'RSS'} {mem:7.0f} MiB  PSNR vs RealESRGANer "
+                      f"{fmt(r['psnr_db'], '.1f')} dB"
+                      + (f"  (fp32 vs our fp16 {fmt(r['psnr_vs_ours_default_db'], '.1f')} dB)"
+                         if dt == "fp32" else ""), flush=True)
+
+    def pick(method, size, t, dt=""):
+        for r in rows:
+            if (r["method"], r["size"], r["tile_arg"], r["dtype_arg"]) == (method, size, t, dt):
+                return r
+        return None
+
+    print("\n| input | method | tile | best s | median s | MP/s | peak MiB | PSNR vs RealESRGANer dB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mem = r["gpu_peak_mb"] if gpu else r["peak_rss_mb"]
+        tile_txt = {0: "none", -1: f"auto ({r['tile']})"}.get(r["tile_arg"], str(r["tile_arg"]))
+        name = r["method"] + (f" {r['dtype_arg']}" if r["dtype_arg"] else "")
+        print(f"| {r['size']}² | {name} | {tile_txt} | {r['best_s']:.3f} | {r['median_s']:.3f} | "
+              f"{r['mpix_s']:.3f} | {mem:.0f} | {fmt(r['psnr_db'], '.1f')} |")
+
+    def ratio(peer_name, t=0):
+        vals = []
+        for s in sizes:
+            mine, theirs = pick("ours", s, t), pick(peer_name, s, t)
+            if mine and theirs:
+                vals.append(theirs["best_s"] / mine["best_s"])
+        return statistics.median(vals) if vals else None
+
+    psnrs = [r["psnr_db"] for s in sizes if (r := pick("ours", s, 0)) and r["psnr_db"] is not None]
+    big = max(sizes)
+    mine, theirs = pick("ours", big, -1), pick("realesrganer", big, 0)
+    key = "gpu_peak_mb" if gpu else "peak_rss_mb"
+    mem_ratio = mine[key] / theirs[key] if mine and theirs and theirs[key] else None
+    tiled = ratio("realesrganer", tile)
+    print(f"\ntiled at {tile}: vs RealESRGANer {fmt(tiled)}×, vs ncnn {fmt(ratio('ncnn', tile))}×")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    print(f"summary: vs_realesrganer={fmt(ratio('realesrganer'))} vs_ncnn={fmt(ratio('ncnn'))} "
+          f"psnr_vs_realesrganer_db={fmt(min(psnrs) if psnrs else None, '.1f')} "
+          f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
