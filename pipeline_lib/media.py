@@ -47,8 +47,8 @@ def media_kind(path: str | os.PathLike) -> str:
             with Image.open(p) as im:
                 if getattr(im, "is_animated", False):
                     return "animated"
-        except (UnidentifiedImageError, OSError):
-            pass  # read_image reports it properly
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            pass  # read_image reports it properly (Pillow's bomb error is no OSError)
     return "still"
 
 
@@ -123,6 +123,9 @@ def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool)
                     bar.update(1)
     except PipelineError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{src}: {exc}; raise PIPELINE_LIB_MAX_INPUT_PIXELS if it is "
+                                 "genuine.") from None
     except (OSError, EOFError, SyntaxError, UnidentifiedImageError) as exc:  # Pillow's read errors
         raise ImageReadError(f"{src}: damaged or truncated animation, or not an image ({exc}); "
                              "re-export it, or convert the frames that open to a new file.") from None

@@ -412,3 +412,15 @@ def test_metadata_round_trip_with_unicode_newlines_commas(sd_dir, tmp_path, prom
     assert (meta["seed"], meta["steps"], meta["width"], meta["height"]) == (42, 2, 32, 32)
     again = pl.generate(**meta, device="cpu", progress=False)[0]
     assert np.array_equal(np.asarray(again.image), np.asarray(g.image))
+
+
+def test_media_kind_and_upscale_file_survive_a_pillow_bomb(tmp_path):
+    """Pillow's own bomb error (past 2× its limit) is no OSError; it must not escape media_kind."""
+    from pipeline_lib.media import media_kind
+
+    cases = write_corpus(tmp_path / "c")
+    src = tmp_path / "c" / "bomb_huge.png"
+    assert cases["bomb_huge.png"].error == "too_large" and media_kind(src) == "still"
+    with pytest.raises(ImageTooLargeError, match=r"bomb_huge\.png"):
+        pl.upscale_file(src, tmp_path / "o.png", model=MODEL, scale=2, progress=False)
+    assert not (tmp_path / "o.png").exists()
