@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError,
-                     InvalidParameterError, OutputExistsError, PipelineError,
+from .errors import (BackendUnavailableError, GenerationOutOfMemoryError, ImageReadError,
+                     ImageTooLargeError, InvalidParameterError, OutputExistsError, PipelineError,
                      TileOutOfMemoryError, UnknownModelError, WeightsError)
 from .images import read_image, save_image
 from .upscale import (UpscaleResult, clear_cache, list_upscalers, load_upscaler, upscale)
@@ -53,7 +53,7 @@ __all__ = [
     "read_metadata", "format_parameters", "parse_parameters",
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
     "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
-    "OutputExistsError", "__version__",
+    "OutputExistsError", "GenerationOutOfMemoryError", "__version__",
     "create_app", "serve", "ServerLimits",
     "run_batch", "read_jobs", "BatchReport",
     "side_by_side", "zoom_crops", "compare_upscalers", "compare_models", "app",

@@ -6,7 +6,8 @@ Each line is one job: ``{"type": "generate", "prompt": "...", "seed": 1, ...}`` 
 keyword arguments). An optional ``"id"`` names the outputs; without one the id is a hash of the
 job's content, so it is stable across runs and line order. Outputs go to ``OUTDIR/<id>.png``
 (``<id>-<i>.png`` for several images) and ``OUTDIR/<id>.json`` (the record that marks the job
-done), each written atomically. A rerun skips jobs whose record exists (resumable).
+done), each written atomically. A rerun skips jobs whose record exists (resumable); images
+of a job without a record were left by an interrupted attempt and are made again.
 
 Run it plainly (one process) or under ``accelerate launch`` (one process per GPU, any number of
 nodes): Accelerate's ``split_between_processes`` gives each process its share; nothing here
@@ -130,9 +131,12 @@ def _outputs(outdir: Path, job: Job, count: int) -> list[Path]:
     return [outdir / (f"{job.id}.png" if count == 1 else f"{job.id}-{i}.png") for i in range(count)]
 
 
-def run_job(job: Job, outdir: Path, *, device=None, overwrite: bool = False,
-            progress: bool = False) -> list[Path]:
-    """Run one job, write its image(s) then its record (all atomic); return the image paths."""
+def run_job(job: Job, outdir: Path, *, device=None, progress: bool = False) -> list[Path]:
+    """Run one job, write its image(s) then its record (all atomic); return the image paths.
+
+    The batch calls this only for jobs without a record, so an image of this job that exists
+    already was left by an interrupted attempt (killed between two images of one job): it is
+    replaced, as the record is what marks a job done."""
     kw = dict(job.kwargs)
     if device is not None:
         kw.setdefault("device", device)
@@ -147,15 +151,22 @@ def run_job(job: Job, outdir: Path, *, device=None, overwrite: bool = False,
             results = generate(kw.pop("prompt"), progress=progress, **kw)
         paths = _outputs(outdir, job, len(results))
         for res, dest in zip(results, paths):
-            res.save(dest, overwrite=overwrite)
+            _note_leftover(dest)
+            res.save(dest, overwrite=True)
     else:
         from .images import save_image
         from .upscale import upscale
 
         res = upscale(kw.pop("input"), progress=progress, full_result=True, **kw)
         paths = _outputs(outdir, job, 1)
-        save_image(res.image, paths[0], metadata=res.as_metadata(), overwrite=overwrite)
+        _note_leftover(paths[0])
+        save_image(res.image, paths[0], metadata=res.as_metadata(), overwrite=True)
     return paths
+
+
+def _note_leftover(dest: Path) -> None:
+    if dest.exists():
+        log.info("replacing %s, left by an interrupted run of the same job", dest)
 
 
 def _state():
@@ -183,6 +194,10 @@ def run_batch(jobs_file: str | os.PathLike, outdir: str | os.PathLike, *, overwr
 
     out = Path(outdir)
     jobs = read_jobs(jobs_file)
+    if device is not None:  # a bad device would fail every job the same way: refuse it once
+        from .devices import resolve_device
+
+        resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     state = _state()
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
@@ -204,7 +219,7 @@ def run_batch(jobs_file: str | os.PathLike, outdir: str | os.PathLike, *, overwr
     for job in tqdm(share, desc=f"batch [{rank}]", unit="job", disable=not progress):
         t0 = time.perf_counter()
         try:
-            paths = run_job(job, out, device=device, overwrite=overwrite)
+            paths = run_job(job, out, device=device)
             record = {"id": job.id, "type": job.type, "line": job.line, "job": job.kwargs,
                       "outputs": [p.name for p in paths], "rank": rank,
                       "seconds": round(time.perf_counter() - t0, 3)}

@@ -43,3 +43,8 @@ class TileOutOfMemoryError(PipelineError, MemoryError):
 
 class OutputExistsError(PipelineError, FileExistsError):
     """An output file already exists and overwriting was not asked for."""
+
+
+class GenerationOutOfMemoryError(PipelineError, MemoryError):
+    """Generation ran out of device memory; the message names the settings to lower
+    (``memory="low"``, a smaller size, fewer images). The pipeline stays usable for the next job."""

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from .errors import (BackendUnavailableError, ImageReadError, InvalidParameterError,
-                     OutputExistsError)
-from .images import atomic_write, publish_file, save_image
+from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError,
+                     InvalidParameterError, OutputExistsError, PipelineError)
+from .images import atomic_write, max_input_pixels, publish_file, save_image
 from .upscale import DEFAULT_MODEL, upscale
+from .upscale.sizing import max_output_pixels
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
     kind = media_kind(src)
     if kind == "video":
         return _video(src, dest, kw, overwrite, progress)
-    if kind == "animated":
+    # a one-frame GIF is a still, but only the animation writer makes .gif files
+    if kind == "animated" or dest.suffix.lower() == ".gif":
         return _animation(src, dest, kw, overwrite, progress)
     res = upscale(src, progress=progress, full_result=True, **kw)
     return save_image(res.image, dest, metadata=res.as_metadata(), overwrite=overwrite)
@@ -97,31 +99,80 @@ def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool)
     frames: list[Image.Image] = []
     durations: list[int] = []
     disposals: list[int] = []
-    with Image.open(src) as im:
-        loop = im.info.get("loop")  # absent in a GIF means "play once"; keep that too
-        meta = {k: v for k, v in im.info.items() if isinstance(v, str)}
-        with tqdm(total=im.n_frames, desc=f"upscale {src.name}", unit="frame",
-                  disable=not progress, leave=False) as bar:
-            for frame in ImageSequence.Iterator(im):
-                frame.load()  # WebP fills in the frame's duration only when it is decoded
-                durations.append(int(frame.info.get("duration", 0) or 0))
-                # Pillow hands out every frame fully composited, so each source frame's own
-                # disposal stays correct for the full frames written back (see _save_animation).
-                disposals.append(int(getattr(im, "disposal_method", None)
-                                     or frame.info.get("disposal", 0) or 0))
-                rgba = np.asarray(frame.convert("RGBA"))
-                res = upscale(rgba, progress=False, full_result=True, **kw)
-                frames.append(Image.fromarray(res.image, "RGBA"))
-                bar.update(1)
+    try:
+        with Image.open(src) as im:
+            _check_input_pixels(src, *im.size)
+            loop = im.info.get("loop")  # absent in a GIF means "play once"; keep that too
+            meta = {k: v for k, v in im.info.items() if isinstance(v, str)}
+            n_frames = getattr(im, "n_frames", 1)
+            with tqdm(total=n_frames, desc=f"upscale {src.name}", unit="frame",
+                      disable=not progress, leave=False) as bar:
+                for frame in ImageSequence.Iterator(im):
+                    frame.load()  # WebP fills in the frame's duration only when it is decoded
+                    durations.append(int(frame.info.get("duration", 0) or 0))
+                    # Pillow hands out every frame fully composited, so each source frame's own
+                    # disposal stays correct for the full frames written back (see _save_animation).
+                    disposals.append(int(getattr(im, "disposal_method", None)
+                                         or frame.info.get("disposal", 0) or 0))
+                    rgba = np.asarray(frame.convert("RGBA"))
+                    with _naming(src):
+                        res = upscale(rgba, progress=False, full_result=True, **kw)
+                    if not frames:  # every upscaled frame is held until the file is written
+                        _check_frames_fit(src, n_frames, res.image.shape)
+                    frames.append(Image.fromarray(res.image, "RGBA"))
+                    bar.update(1)
+    except PipelineError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{src}: {exc}; raise PIPELINE_LIB_MAX_INPUT_PIXELS if it is "
+                                 "genuine.") from None
+    except (OSError, EOFError, SyntaxError, UnidentifiedImageError) as exc:  # Pillow's read errors
+        raise ImageReadError(f"{src}: damaged or truncated animation, or not an image ({exc}); "
+                             "re-export it, or convert the frames that open to a new file.") from None
     meta.update(res.as_metadata())
     data = _save_animation(frames, fmt, durations, disposals, loop, meta)
     log.info("%s → %s: %d frames, %dx%d", src, dest, len(frames), *frames[0].size)
     return atomic_write(dest, data, overwrite=overwrite)
 
 
+def _check_input_pixels(src: Path, w: int, h: int) -> None:
+    limit = max_input_pixels()
+    if w * h > limit:
+        raise ImageTooLargeError(f"{src}: {w}×{h} = {w * h:,} pixels exceeds the limit of "
+                                 f"{limit:,}; raise PIPELINE_LIB_MAX_INPUT_PIXELS if it is genuine.")
+
+
+def _check_frames_fit(src: Path, n_frames: int, shape) -> None:
+    h, w = shape[:2]
+    total, limit = n_frames * w * h, max_output_pixels()
+    if total > limit:
+        raise InvalidParameterError(
+            f"{src}: {n_frames} frames of {w}×{h} = {total:,} output pixels, past the limit of "
+            f"{limit:,} (all frames are held until the file is written); ask for a smaller "
+            "scale/size, shorten the animation, or raise PIPELINE_LIB_MAX_OUTPUT_PIXELS.")
+
+
+class _naming:
+    """Put the file's name in front of a parameter error raised for one of its frames."""
+
+    def __init__(self, src: Path):
+        self.src = src
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, InvalidParameterError) and str(self.src) not in str(exc):
+            raise InvalidParameterError(f"{self.src}: {exc}") from None
+        return False
+
+
 def _save_animation(frames: list[Image.Image], fmt: str, durations: list[int],
                     disposals: list[int], loop: int | None, meta: dict[str, str]) -> bytes:
-    params: dict = {"save_all": True, "append_images": frames[1:], "duration": durations}
+    # Pillow takes per-frame lists only for several frames (a one-frame GIF is a still)
+    one = len(frames) == 1
+    params: dict = {"save_all": True, "append_images": frames[1:],
+                    "duration": durations[0] if one else durations}
     if loop is not None:
         params["loop"] = loop
     if fmt == "GIF":
@@ -130,7 +181,7 @@ def _save_animation(frames: list[Image.Image], fmt: str, durations: list[int],
         for f in frames:
             a = np.asarray(f.getchannel("A"))
             f.putalpha(Image.fromarray(np.where(a >= 128, 255, 0).astype(np.uint8)))
-        params.update(disposal=disposals, optimize=False)
+        params.update(disposal=disposals[0] if one else disposals, optimize=False)
     elif fmt == "PNG":
         from PIL.PngImagePlugin import PngInfo
 
@@ -138,7 +189,8 @@ def _save_animation(frames: list[Image.Image], fmt: str, durations: list[int],
         for k, v in meta.items():
             info.add_itxt(k, v)
         # blend SOURCE: each written frame is a full composite that replaces what was there
-        params.update(disposal=[min(d, 2) for d in disposals], blend=0, pnginfo=info,
+        params.update(disposal=min(disposals[0], 2) if one else [min(d, 2) for d in disposals],
+                      blend=0, pnginfo=info,
                       default_image=False)
     else:  # WEBP composites frames itself; lossless keeps the upscaler's output exact
         params.update(lossless=True)
@@ -213,8 +265,9 @@ def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> 
                                 out.mux(packet)
                         continue
                     for frame in packet.decode():
-                        res = upscale(frame.to_ndarray(format="rgb24"), progress=False,
-                                      full_result=True, **kw)
+                        with _naming(src):
+                            res = upscale(frame.to_ndarray(format="rgb24"), progress=False,
+                                          full_result=True, **kw)
                         img = res.image
                         if vout is None:
                             vout, crop = _open_video_stream(out, vin, encoder, img.shape, src)
@@ -229,6 +282,11 @@ def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> 
                         bar.update(1)
             if vout is None:
                 raise ImageReadError(f"{src}: the video stream holds no decodable frame.")
+            expected = _expected_frames(inp, vin)
+            if expected and n < 0.9 * expected - 1:  # 10 %: frame rates of VFR files are rough
+                raise ImageReadError(f"{src}: the video looks truncated: {n} frames decoded of "
+                                     f"about {expected} its header announces; re-download or "
+                                     "re-encode it (ffmpeg -i in -c copy out repairs some files).")
             for p in vout.encode(None):
                 out.mux(p)
         publish_file(tmp, dest, overwrite)
@@ -240,6 +298,16 @@ def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> 
     log.info("%s → %s: %d frames, %dx%d, %s, %d audio stream(s) copied", src, dest, n, *crop,
              encoder, len(audio))
     return dest
+
+
+def _expected_frames(inp, vin) -> int:
+    """Frames the container announces: its frame count, else duration × frame rate (0 = unknown)."""
+    if vin.frames:
+        return int(vin.frames)
+    rate = vin.average_rate or vin.guessed_rate
+    if inp.duration and rate:
+        return int(round(inp.duration / 1_000_000 * float(rate)))
+    return 0
 
 
 def _open_video_stream(out, vin, encoder: str, shape, src: Path):

@@ -14,6 +14,7 @@ The text is what AUTOMATIC1111, ComfyUI importers and Civitai read::
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -46,7 +47,10 @@ def _num(v: float) -> str:
 
 def format_parameters(params: dict[str, Any]) -> str:
     """The A1111 text for ``params`` (prompt, negative_prompt, steps, guidance, seed, width,
-    height, model, scheduler, and optionally upscaler, upscale_by, upscale_size, version)."""
+    height, model, scheduler, and optionally upscaler, upscale_by, upscale_size, version).
+
+    Unicode, commas and newlines in the prompts survive a round trip; a prompt *line* that
+    itself starts with ``Negative prompt:`` cannot (the A1111 format has no escape for it)."""
     from .generate.presets import SCHEDULERS
 
     lines = [str(params.get("prompt", ""))]
@@ -73,7 +77,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """Parse A1111 ``parameters`` text into our keys (unknown fields kept under their label)."""
     from .generate.presets import scheduler_from_label
 
-    lines = text.strip("\n").split("\n")
+    lines = text.rstrip("\n").split("\n")  # only the end: a prompt may start with a newline
     last = lines[-1] if lines else ""
     if re.search(r"(^|,\s*)Steps:\s*\d", last):
         body, fields_line = lines[:-1], last
@@ -115,8 +119,12 @@ def read_metadata(path: str | os.PathLike, *, extra: bool = False) -> dict[str, 
 
     Returns prompt, negative_prompt, steps, guidance, seed, width, height, model and scheduler
     (those present). ``extra=True`` adds everything else that was recorded (upscaler,
-    upscale_by, upscale_size, version, unknown A1111 fields). Raises :class:`ImageReadError` if
-    the file has no ``parameters`` text.
+    upscale_by, upscale_size, version, unknown A1111 fields).
+
+    Never returns an empty dict: raises :class:`ImageReadError` (naming the file) when it is
+    missing or not an image, has no ``parameters`` text, or the text's Steps/Seed/CFG scale are
+    not numbers. Text without a settings line is an A1111 prompt-only record: only ``prompt``
+    (and ``negative_prompt``) come back.
 
     >>> meta = read_metadata("out/42.png")                    # doctest: +SKIP
     >>> again = generate(**meta)                              # doctest: +SKIP
@@ -133,5 +141,12 @@ def read_metadata(path: str | os.PathLike, *, extra: bool = False) -> dict[str, 
     if not text:
         raise ImageReadError(f"{path} carries no generation parameters (no 'parameters' text "
                              "chunk); only PNGs saved by pipeline_lib or A1111 have them.")
+    if not isinstance(text, str):
+        raise ImageReadError(f"{path}: its 'parameters' entry is not text ({type(text).__name__}).")
     parsed = parse_parameters(text)
+    for key, label in (("steps", "Steps"), ("seed", "Seed"), ("guidance", "CFG scale")):
+        value = parsed.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ImageReadError(f"{path}: garbled 'parameters' text: {label} is {value!r}, not a "
+                                 "number; fix or remove the text chunk (e.g. with exiftool).")
     return parsed if extra else {k: parsed[k] for k in GENERATE_KEYS if k in parsed}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError
+from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from .memory import prepare_vae
 from .pipeline import (get_loaded, get_refiner, load_pipeline, move_off_gpu, set_scheduler,
                        unload_pipeline)
@@ -150,6 +150,9 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
 
     if not isinstance(prompt, str):
         raise InvalidParameterError(f"prompt must be text, got {type(prompt).__name__}.")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InvalidParameterError(f"negative_prompt must be text or None (the preset's), got "
+                                    f"{type(negative_prompt).__name__}.")
     num_images = _check_int(num_images, "num_images", 1, 64)
     if steps is not None:
         steps = _check_int(steps, "steps", 1, 1000)
@@ -189,17 +192,26 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     if negative and guidance > 1:
         kwargs["negative_prompt"] = [negative] * num_images
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        if preset is not None and preset.refiner:
-            frac = preset.high_noise_frac
-            latents = pipe(**kwargs, denoising_end=frac, output_type="latent").images
-            refiner = get_refiner(loaded, progress)
-            images = refiner(prompt=kwargs["prompt"], negative_prompt=kwargs.get("negative_prompt"),
-                             image=latents, num_inference_steps=steps, guidance_scale=guidance,
-                             denoising_start=frac, generator=generators,
-                             output_type=output_type).images
-        else:
-            images = pipe(**kwargs, output_type=output_type).images
+    oom = None
+    try:
+        with torch.inference_mode():
+            if preset is not None and preset.refiner:
+                frac = preset.high_noise_frac
+                latents = pipe(**kwargs, denoising_end=frac, output_type="latent").images
+                refiner = get_refiner(loaded, progress)
+                images = refiner(prompt=kwargs["prompt"], negative_prompt=kwargs.get("negative_prompt"),
+                                 image=latents, num_inference_steps=steps, guidance_scale=guidance,
+                                 denoising_start=frac, generator=generators,
+                                 output_type=output_type).images
+            else:
+                images = pipe(**kwargs, output_type=output_type).images
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not _is_out_of_memory(exc):
+            raise
+        oom = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if oom is not None:  # raised outside the handler, so the traceback frees the tensors
+        _free_after_oom(loaded.plan.device)
+        raise GenerationOutOfMemoryError(_oom_advice(oom, loaded.plan, num_images, w, h))
     seconds = time.perf_counter() - t0
     model_name = preset.name if preset else str(model)
     log.info("generated %d image(s) %dx%d with %s in %.1fs (seed %d)", num_images, w, h,
@@ -211,6 +223,39 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
                   "scheduler": scheduler, "version": _version()}
         results.append(GeneratedImage(img, base_seed + i, params))
     return results
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    text = str(exc).lower()
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
+            or "not enough memory" in text or "can't allocate memory" in text)
+
+
+def _free_after_oom(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _oom_advice(what: str, plan, num_images: int, w: int, h: int) -> str:
+    """The message: what ran out, then the settings that lower the peak, biggest effect first."""
+    tips = []
+    if plan.profile not in ("low", "cpu"):  # on the CPU the profiles change nothing
+        tips.append("memory='low' (CLI: --memory low; offloads sub-models and slices attention)")
+    if num_images > 1:
+        tips.append(f"fewer images per call (num_images=1 instead of {num_images}; CLI: -n 1)")
+    tips.append(f"a smaller size than {w}x{h} (width=/height=, CLI: --size), then reach big "
+                "outputs with text_to_image(size=...) / --upscale")
+    if plan.device != "cpu":
+        tips.append("device='cpu' (slow, but limited by RAM only)")
+    return (f"out of {plan.device} memory generating {num_images} image(s) of {w}x{h} "
+            f"(memory profile {plan.profile!r}): {what}. Try " + "; or ".join(tips) + ".")
 
 
 def _version() -> str:
@@ -235,9 +280,12 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "r
     from ..upscale import upscale
     from ..upscale.sizing import parse_size
 
+    from ..upscale import _resolve_target
+
     target = parse_size(size)
     if target is None:
         raise InvalidParameterError("size must be a long side (e.g. 2048) or (width, height).")
+    _resolve_target(upscaler)  # an unknown upscaler fails now, not after minutes of generation
     progress = generate_kwargs.get("progress", True)
     device = generate_kwargs.get("device")
     from ..upscale.diffusion import latent_handoff, upscaler_options

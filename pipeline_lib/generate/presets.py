@@ -204,6 +204,14 @@ def _side(value, what: str) -> int:
     return v
 
 
+def _positive_int(value, name: str, unit: str, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise InvalidParameterError(f"{name} must be a whole number in 1..{high} ({unit}), got {value!r}.")
+    if not 1 <= int(value) <= high:
+        raise InvalidParameterError(f"{name} must be in 1..{high} ({unit}), got {int(value)}.")
+    return int(value)
+
+
 def round_to(v: float, multiple: int) -> int:
     return max(multiple, int(math.floor(v / multiple + 0.5)) * multiple)
 
@@ -256,6 +264,11 @@ def size_for_aspect(aspect: str, model: str | None = None, *, area: int | None =
     """
     rw, rh = parse_aspect(aspect)
     preset = find_preset(model) if model else None
+    if area is not None:
+        area = _positive_int(area, "area", f"pixels, e.g. 512*512; at most {MAX_SIDE ** 2}",
+                             MAX_SIDE ** 2)
+    if multiple is not None:
+        multiple = _positive_int(multiple, "multiple", "the side multiple: 8 for SD-1.x, 64 for SDXL", 256)
     area = area or (preset.area if preset else 512 * 512)
     multiple = multiple or (preset.multiple if preset else 8)
     w = math.sqrt(area * rw / rh)
