@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         a.tile = -1 if a.tile is None else a.tile
         return worker_main(a)
 
-    import numpy as np
     import torch
 
     device = a.device or default_device()

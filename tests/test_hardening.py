@@ -38,7 +38,7 @@ from pipeline_lib.images import read_image, save_image
 from pipeline_lib.server import ServerLimits, create_app
 from pipeline_lib.upscale import weights
 from pipeline_lib.upscale.registry import MODELS
-from pipeline_lib.upscale.tiling import run_tiled, run_with_backoff
+from pipeline_lib.upscale.tiling import run_with_backoff
 
 FAST = "realesr-animevideov3"
 ERRORS = {"read": ImageReadError, "too_large": ImageTooLargeError}

@@ -22,7 +22,7 @@ from conftest import ROOT
 
 import pipeline_lib as pl
 from pipeline_lib import cli
-from pipeline_lib.batch import read_jobs, run_batch
+from pipeline_lib.batch import run_batch
 from pipeline_lib.errors import (GenerationOutOfMemoryError, ImageReadError, ImageTooLargeError,
                                  InvalidParameterError)
 from pipeline_lib.generate.memory import MemoryPlan

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import InvalidParameterError, UnknownModelError
 

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidParameterError, UnknownModelError, WeightsError
-from ..images import ImageInput, ImageMeta, read_image, to_output
-from . import registry
+from ..images import ImageInput, read_image, to_output
 from .backends import BACKENDS, RUN_OPTIONS, Upscaler, backend_module
 from .registry import MODELS, ModelSpec, get_spec
 from .sizing import SizeArg, check_canvas, passes_needed, target_size

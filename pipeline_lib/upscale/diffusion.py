@@ -83,7 +83,7 @@ def _upscale_latents(up, upscaler, gen, size, progress: bool):
     opts = upscaler_options(upscaler, gen)
     chw = upscale_latents(up, gen.image, **opts)[0]
     h, w = chw.shape[1:]
-    src_w, src_h = gen.params.get("width", w // up.scale), gen.params.get("height", h // up.scale)
+    src_w = gen.params.get("width", w // up.scale)
     out_size = target_size(w, h, size=size)
     if out_size[0] > w or out_size[1] > h:  # more passes of the same model, then the resize
         img = Image.fromarray(_from_float(chw, np.dtype(np.uint8)))

