@@ -33,12 +33,22 @@ def _run(model, output_type="pil", **speed):
     return img.float().numpy() if output_type == "latent" else np.asarray(img, dtype=np.int16)
 
 
+_PLAIN: dict[str, tuple] = {}
+
+
+def _plain(model):
+    # One plain reference per model: each option set is a pipeline load, slow on a busy CPU.
+    if model not in _PLAIN:
+        _PLAIN[model] = (_run(model, "latent", fuse_qkv=False, channels_last=False),
+                         _run(model, fuse_qkv=False, channels_last=False))
+    return _PLAIN[model]
+
+
 @pytest.mark.parametrize("speed", [dict(fuse_qkv=True), dict(channels_last=True),
                                    dict(fuse_qkv=True, channels_last=True)],
                          ids=["fused", "channels_last", "both"])
 def test_optimised_path_matches_plain(model_dir, speed):
-    plain_lat = _run(model_dir, "latent", fuse_qkv=False, channels_last=False)
-    plain_img = _run(model_dir, fuse_qkv=False, channels_last=False)
+    plain_lat, plain_img = _plain(model_dir)
     fast_lat = _run(model_dir, "latent", **speed)
     pipe = pipeline_mod._CURRENT.pipe
     procs = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
