@@ -128,7 +128,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
              steps: int | None = None, guidance: float | None = None, width: int | None = None,
              height: int | None = None, seed: int | None = None, num_images: int = 1,
              scheduler: str | None = None, device=None, memory: str = "auto",
-             progress: bool = True, output_type: str = "pil") -> list[GeneratedImage]:
+             progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
+             fuse_qkv: bool | None = None, compile: bool | None = None) -> list[GeneratedImage]:
     """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
     ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
@@ -137,7 +138,9 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     ``seed=None`` picks one; image *i* uses ``seed + i``, so any image of a batch can be re-made
     alone. ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py).
     ``output_type="latent"`` skips the VAE decode: each ``image`` is then the 4×h/8×w/8 latent
-    tensor (for a latent upscaler such as sd-x2-latent).
+    tensor (for a latent upscaler such as sd-x2-latent). ``channels_last`` / ``fuse_qkv``
+    (None: on for CUDA, off on CPU) and ``compile=True`` (UNet ``torch.compile``; None reads
+    ``PIPELINE_LIB_COMPILE``; pays only over many images) are speed options, same images.
 
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset (with suggestions).
@@ -163,7 +166,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
         raise InvalidParameterError(f"output_type must be 'pil' or 'latent', got {output_type!r}.")
     base_seed = _check_seed(seed, num_images)
 
-    loaded = get_loaded(model, device=device, memory=memory, progress=progress)
+    loaded = get_loaded(model, device=device, memory=memory, progress=progress,
+                        channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile)
     pipe, preset = loaded.pipe, loaded.preset
     xl = "XL" in type(pipe).__name__
     if preset is not None:

@@ -7,6 +7,7 @@ offload); a CPU runs fp32. ``fast`` / ``balanced`` / ``low`` force a profile.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from ..devices import resolve_device, supports_bf16
@@ -27,6 +28,9 @@ class MemoryPlan:
     offload: str | None = None  # None | "model" | "sequential"
     attention: str = "sdpa"  # "sdpa" | "xformers"
     attention_slicing: bool = False
+    channels_last: bool = False  # UNet + VAE convs in NHWC (cuDNN's fast layout)
+    fuse_qkv: bool = False  # one q|k|v matmul per self-attention (diffusers fuse_qkv_projections)
+    compile: bool = False  # torch.compile the UNet
 
     @property
     def torch_dtype(self):
@@ -35,12 +39,59 @@ class MemoryPlan:
         return getattr(torch, self.dtype)
 
 
-def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool = False) -> MemoryPlan:
-    """Choose a :class:`MemoryPlan`; logs what was chosen and why.
+COMPILE_ENV = "PIPELINE_LIB_COMPILE"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _check_flag(value, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidParameterError(f"{name} must be True, False or None (None = the default for the "
+                                f"device), got {value!r}.")
+
+
+def compile_default() -> bool:
+    """``PIPELINE_LIB_COMPILE`` as a bool (unset → False); anything unclear is an error."""
+    raw = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InvalidParameterError(f"{COMPILE_ENV}={raw!r} is not understood; set it to 1 (compile the "
+                                "UNet) or 0, or unset it.")
+
+
+def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool = False,
+                channels_last: bool | None = False, fuse_qkv: bool | None = False,
+                compile: bool | None = False) -> MemoryPlan:
+    """Choose a :class:`MemoryPlan`; logs what was chosen and why. ``channels_last`` /
+    ``fuse_qkv`` / ``compile`` set to None take the device's default (see module doc; the
+    generation loader passes None, other users such as the diffusion upscalers keep them off).
 
     >>> plan_memory("auto", "cpu").dtype
     'float32'
     """
+    from dataclasses import replace
+
+    channels_last = _check_flag(channels_last, "channels_last")
+    fuse_qkv = _check_flag(fuse_qkv, "fuse_qkv")
+    compile = _check_flag(compile, "compile")
+    plan = _plan_memory(memory, device, dtype=dtype, xformers=xformers)
+    cuda = plan.device.startswith("cuda")
+    # xformers installs its own attention processors, which fusing would replace.
+    plan = replace(plan,
+                   channels_last=cuda if channels_last is None else channels_last,
+                   fuse_qkv=(cuda and plan.attention == "sdpa") if fuse_qkv is None else fuse_qkv,
+                   compile=compile_default() if compile is None else compile)
+    if plan.fuse_qkv and plan.attention != "sdpa":
+        raise InvalidParameterError("fuse_qkv=True needs PyTorch SDPA attention; drop xformers=True "
+                                    "or leave fuse_qkv unset.")
+    log.info("speed options: channels_last=%s fuse_qkv=%s compile=%s", plan.channels_last,
+             plan.fuse_qkv, plan.compile)
+    return plan
+
+
+def _plan_memory(memory: str, device, *, dtype, xformers: bool) -> MemoryPlan:
     from ..devices import resolve_dtype
 
     key = str(memory).strip().lower()
@@ -93,6 +144,13 @@ def apply_plan(pipe, plan: MemoryPlan) -> None:
     import torch
 
     dev = torch.device(plan.device)
+    if plan.fuse_qkv:
+        _fuse_qkv(pipe)  # before placement, so offload hooks also cover the fused weights
+    if plan.channels_last:
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
     if plan.offload == "model":
         pipe.enable_model_cpu_offload(device=dev)
     elif plan.offload == "sequential":
@@ -103,6 +161,25 @@ def apply_plan(pipe, plan: MemoryPlan) -> None:
         pipe.enable_xformers_memory_efficient_attention()
     if plan.attention_slicing:
         pipe.enable_attention_slicing()
+    if plan.compile and getattr(pipe, "unet", None) is not None:
+        # In place (nn.Module.compile) so pipe.unet keeps its class and config; compiling happens
+        # on the first call, and again when the image size changes.
+        log.info("torch.compile of the UNet: the first image takes about a minute longer")
+        pipe.unet.compile()
+
+
+def _fuse_qkv(pipe) -> None:
+    """Fuse UNet (and AutoencoderKL) attention projections where the pipeline supports it."""
+    from diffusers import AutoencoderKL
+
+    fuse = getattr(pipe, "fuse_qkv_projections", None)
+    if fuse is None or getattr(pipe, "unet", None) is None:
+        log.info("%s has no fused QKV projections; left unfused", type(pipe).__name__)
+        return
+    try:
+        fuse(unet=True, vae=isinstance(getattr(pipe, "vae", None), AutoencoderKL))
+    except (ValueError, AttributeError, NotImplementedError) as exc:  # e.g. added-KV attention
+        log.info("QKV fusion not supported by %s (%s); left unfused", type(pipe).__name__, exc)
 
 
 def prepare_vae(pipe, plan: MemoryPlan, width: int, height: int, batch: int) -> None:

@@ -171,10 +171,12 @@ register_gpu_evictor(move_off_gpu)
 
 def get_loaded(model: str | Path = "absolute-reality", *, device=None, memory: str = "auto",
                dtype=None, config: str | None = None, xformers: bool = False,
-               progress: bool = True) -> Loaded:
+               progress: bool = True, channels_last: bool | None = None,
+               fuse_qkv: bool | None = None, compile: bool | None = None) -> Loaded:
     global _CURRENT
     kind, source, preset = _resolve(model)
-    plan = plan_memory(memory, device, dtype=dtype, xformers=xformers)
+    plan = plan_memory(memory, device, dtype=dtype, xformers=xformers, channels_last=channels_last,
+                       fuse_qkv=fuse_qkv, compile=compile)
     with _LOCK:
         cur = _CURRENT
         base_key = (kind, source, preset.vae if preset else None, plan)
@@ -198,20 +200,25 @@ def get_loaded(model: str | Path = "absolute-reality", *, device=None, memory: s
 
 def load_pipeline(model: str | Path = "absolute-reality", *, device=None, memory: str = "auto",
                   dtype=None, config: str | None = None, xformers: bool = False,
-                  progress: bool = True):
+                  progress: bool = True, channels_last: bool | None = None,
+                  fuse_qkv: bool | None = None, compile: bool | None = None):
     """Load (once per process) and return the diffusers pipeline for ``model``.
 
     ``model`` is a preset name (see :func:`list_presets`), a Hub repo id, a local diffusers folder
     or a single ``.safetensors``/``.ckpt`` checkpoint (``config=`` names a local diffusers
     folder so that works offline). The class comes from the model (``AutoPipelineForText2Image``).
     Asking for another model frees the current one first, so two never share a 16 GB GPU.
+    ``channels_last`` / ``fuse_qkv`` (None: on for CUDA, off on CPU) and ``compile`` (None:
+    ``PIPELINE_LIB_COMPILE``, else off) are the speed options of :mod:`.memory`; each
+    combination is its own cached pipeline.
 
     >>> pipe = load_pipeline("sdxl-turbo", memory="auto")            # doctest: +SKIP
     >>> type(pipe).__name__                                          # doctest: +SKIP
     'StableDiffusionXLPipeline'
     """
     return get_loaded(model, device=device, memory=memory, dtype=dtype, config=config,
-                      xformers=xformers, progress=progress).pipe
+                      xformers=xformers, progress=progress, channels_last=channels_last,
+                      fuse_qkv=fuse_qkv, compile=compile).pipe
 
 
 def get_refiner(loaded: Loaded, progress: bool = True):

@@ -48,8 +48,9 @@ def latent_handoff(model, upscaler, generate_kwargs: dict) -> Callable | None:
     from ..generate.pipeline import get_loaded
 
     device, progress = generate_kwargs.get("device"), generate_kwargs.get("progress", True)
+    speed = {k: generate_kwargs.get(k) for k in ("channels_last", "fuse_qkv", "compile")}
     loaded = get_loaded(model, device=device, memory=generate_kwargs.get("memory", "auto"),
-                        progress=progress)  # cached: generate() reuses it
+                        progress=progress, **speed)  # cached: generate() reuses it
     kind = type(loaded.pipe).__name__
     if kind not in SD_LATENT_SPACE or (loaded.preset and loaded.preset.refiner):
         log.info("%s latents are not in the SD-1.x latent space; decoding, then upscaling the "
