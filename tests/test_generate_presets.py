@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,9 @@ def test_every_preset_is_consistent():
         assert p.multiple == (64 if "XL" in p.pipeline_class else 8), p.name
         assert p.scheduler in presets.SCHEDULERS, p.name
         assert p.step_range[0] <= p.steps <= p.step_range[1], p.name
-        assert p.repo.count("/") == 1, p.name
+        # built-in presets name Hub repos; presets registered at run time (the notebooks' tiny
+        # offline ones, in this same test process) may name local folders
+        assert p.repo.count("/") == 1 or Path(p.repo).is_dir(), p.name
     for name, (cls_name, _cfg, _label) in presets.SCHEDULERS.items():
         assert cls_name is None or hasattr(diffusers, cls_name), name
     turbo = presets.get_preset("sdxl-turbo")
