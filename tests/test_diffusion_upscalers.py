@@ -129,3 +129,17 @@ def test_latent_handoff_skips_decode(x2):
     again = text_to_image("a cat", model=sd, upscaler=x2, size=128, width=64, height=48,
                           seed=3, **KW)[0]
     assert np.array_equal(np.asarray(res.image), np.asarray(again.image))
+
+
+def test_alpha_is_resized_not_sampled(x4, odd_image):
+    """RGBA through a diffusion upscaler: colour is sampled, the alpha mask is resized (a sampler
+    would invent texture in it), so alpha equals a plain resize of the source alpha."""
+    import cv2
+
+    rgba = np.dstack([np.asarray(odd_image.convert("RGB")),
+                      np.tile(np.linspace(0, 255, 53), (37, 1)).astype(np.uint8)])
+    out = upscale(Image.fromarray(rgba, "RGBA"), x4, prompt="a cat", seed=1, **KW)
+    assert out.mode == "RGBA" and out.size == (212, 148)
+    ref = cv2.resize(rgba[..., 3].astype(np.float32) / 255, (212, 148), interpolation=cv2.INTER_CUBIC)
+    got = np.asarray(out)[..., 3].astype(np.float32) / 255
+    assert np.abs(got - np.clip(ref, 0, 1)).max() <= 1.5 / 255

@@ -346,7 +346,7 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     has_alpha = channels in (2, 4)
     alpha = arr[..., -1] if has_alpha else None
     alpha_const = alpha is not None and alpha.min() == alpha.max()
-    runs = passes * (2 if has_alpha and not alpha_const else 1)
+    runs = passes * (2 if has_alpha and not alpha_const and up.backend != "diffusion" else 1)
 
     from tqdm.auto import tqdm
 
@@ -366,6 +366,9 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
             if alpha_const:
                 planes.append(np.full((1, out_size[1], out_size[0]), alpha.flat[0] /
                                       (65535.0 if arr.dtype == np.uint16 else 255.0), np.float32))
+            elif up.backend == "diffusion":
+                # a mask is no picture: a prompt-guided sampler would invent texture in it
+                planes.append(_resize(_to_float(alpha[..., None]), out_size))
             else:
                 a = np.repeat(_to_float(alpha[..., None]), 3, axis=0)
                 a, used_tile = _run_passes(up, a, passes, used_tile, ov, bar, run)
