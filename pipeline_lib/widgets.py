@@ -238,11 +238,12 @@ class App:
         self._step(f"generating {kw['num_images']} image(s) with {kw['model']}…", 0, 1)
         self.log.clear_output()
         with self.log:
-            out = generate(**kw, progress=True)
+            out = generate(**kw, progress=True, on_step=lambda done, total: self._step(
+                f"denoising step {done}/{total}…", done, total if done == 1 else None))
         self.results = [Result(g.image, f"{g.params.get('model', 'image')}-{g.seed}", generated=g)
                         for g in out]
         self._step(f"generated {len(out)} image(s), seed {out[0].seed}"
-                   f"{'…' + str(out[-1].seed) if len(out) > 1 else ''}", 1)
+                   f"{'…' + str(out[-1].seed) if len(out) > 1 else ''}", self.progress.max)
         self._render()
 
     def _on_upload(self, change=None) -> None:

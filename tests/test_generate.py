@@ -263,3 +263,11 @@ def test_text_to_image_with_x4plus(sd_dir):
     r = pl.text_to_image("a cat", model=sd_dir, size=128, seed=2, steps=1, width=32, height=32,
                          progress=False)[0]
     assert r.image.size == (128, 128) and r.params["upscaler"] == "realesrgan-x4plus"
+
+
+def test_on_step_reports_every_denoising_step(sd_dir):
+    seen = []
+    pl.generate("a red apple", model=sd_dir, seed=3, on_step=lambda d, t: seen.append((d, t)), **FAST)
+    assert seen == [(1, 2), (2, 2)]
+    with pytest.raises(pl.InvalidParameterError, match="on_step must be a function"):
+        pl.generate("a red apple", model=sd_dir, seed=3, on_step=5, **FAST)

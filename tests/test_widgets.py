@@ -53,6 +53,8 @@ def test_generate_upscale_save(ui, tmp_path):
     assert "⚠" not in ui.message.value, ui.message.value
     assert [r.generated.seed for r in ui.results] == [7, 8]
     assert [im.size for im in ui.shown_images()] == [(64, 64), (64, 64)]
+    steps = ui.results[0].generated.params["steps"]
+    assert ui.progress.max == steps and ui.progress.value == steps  # moved per denoising step
 
     ui.upscale_button.click()
     assert "⚠" not in ui.message.value, ui.message.value

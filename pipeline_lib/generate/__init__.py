@@ -17,7 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from .memory import prepare_vae
@@ -129,7 +129,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
              height: int | None = None, seed: int | None = None, num_images: int = 1,
              scheduler: str | None = None, device=None, memory: str = "auto",
              progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
-             fuse_qkv: bool | None = None, compile: bool | None = None) -> list[GeneratedImage]:
+             fuse_qkv: bool | None = None, compile: bool | None = None,
+             on_step: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
     """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
     ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
@@ -141,6 +142,7 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     tensor (for a latent upscaler such as sd-x2-latent). ``channels_last`` / ``fuse_qkv``
     (None: on for CUDA, off on CPU) and ``compile=True`` (UNet ``torch.compile``; None reads
     ``PIPELINE_LIB_COMPILE``; pays only over many images) are speed options, same images.
+    ``on_step(done, total)`` is called after every denoising step (live progress for front ends).
 
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset (with suggestions).
@@ -195,6 +197,16 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
                                   guidance_scale=guidance, width=w, height=h, generator=generators)
     if negative and guidance > 1:
         kwargs["negative_prompt"] = [negative] * num_images
+    if on_step is not None:
+        if not callable(on_step):
+            raise InvalidParameterError(f"on_step must be a function (done, total), got {on_step!r}.")
+        total = round(steps * preset.high_noise_frac) if preset and preset.refiner else steps
+
+        def _step_end(_pipe, index, _timestep, callback_kwargs):
+            on_step(min(index + 1, total), total)
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = _step_end
     t0 = time.perf_counter()
     oom = None
     try:
