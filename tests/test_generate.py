@@ -271,3 +271,9 @@ def test_on_step_reports_every_denoising_step(sd_dir):
     assert seen == [(1, 2), (2, 2)]
     with pytest.raises(pl.InvalidParameterError, match="on_step must be a function"):
         pl.generate("a red apple", model=sd_dir, seed=3, on_step=5, **FAST)
+
+
+def test_xformers_request_falls_back_to_sdpa_with_same_pixels(sd_dir):
+    plain = pl.generate("a red apple", model=sd_dir, seed=4, **FAST)[0]
+    asked = pl.generate("a red apple", model=sd_dir, seed=4, xformers=True, **FAST)[0]
+    assert np.array_equal(arr(plain.image), arr(asked.image))  # CPU: SDPA either way

@@ -129,7 +129,7 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
              height: int | None = None, seed: int | None = None, num_images: int = 1,
              scheduler: str | None = None, device=None, memory: str = "auto",
              progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
-             fuse_qkv: bool | None = None, compile: bool | None = None,
+             fuse_qkv: bool | None = None, compile: bool | None = None, xformers: bool = False,
              on_step: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
     """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
@@ -142,7 +142,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     tensor (for a latent upscaler such as sd-x2-latent). ``channels_last`` / ``fuse_qkv``
     (None: on for CUDA, off on CPU) and ``compile=True`` (UNet ``torch.compile``; None reads
     ``PIPELINE_LIB_COMPILE``; pays only over many images) are speed options, same images.
-    ``on_step(done, total)`` is called after every denoising step (live progress for front ends).
+    ``xformers=True`` uses xformers attention when it is installed (``pip install
+    pipeline_lib[xformers]``; PyTorch SDPA otherwise). ``on_step(done, total)`` is called after every denoising step (live progress for front ends).
 
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset (with suggestions).
@@ -169,7 +170,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     base_seed = _check_seed(seed, num_images)
 
     loaded = get_loaded(model, device=device, memory=memory, progress=progress,
-                        channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile)
+                        channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
+                        xformers=xformers)
     pipe, preset = loaded.pipe, loaded.preset
     xl = "XL" in type(pipe).__name__
     if preset is not None:
