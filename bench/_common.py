@@ -37,12 +37,14 @@ def summarise(times: list[float]) -> dict[str, float]:
 
 
 def psnr(a, b) -> float:
-    """PSNR in dB of two uint8 images of one shape (inf when identical)."""
+    """PSNR in dB (peak 255) of two arrays of one shape, e.g. uint8 images or luma planes
+    (inf when identical)."""
     import numpy as np
 
+    a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))
 
 

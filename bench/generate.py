@@ -34,6 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import psnr  # noqa: E402
+
 CACHE = ROOT / "bench" / ".cache"
 PROMPT = "portrait of an old fisherman, golden hour, 85mm photo"
 SEED, GUIDANCE = 1234, 7.5
@@ -220,13 +224,6 @@ def run_worker(name: str, folder: Path, a, out: Path, steps: int, size: int, tar
     return json.loads(lines[-1][7:])
 
 
-def psnr(a, b) -> float:
-    import numpy as np
-
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-
-
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -288,7 +285,7 @@ def main(argv=None) -> int:
               f"{res[peer]['best_s'] / r['best_s']:.3f}× |")
     ratio = res[peer]["best_s"] / res["ours"]["best_s"]
     p = psnr(imgs["ours"], ref)
-    print(f"(s/step = s/image ÷ steps, so it includes text encoding and VAE decode)")
+    print("(s/step = s/image ÷ steps, so it includes text encoding and VAE decode)")
 
     flow = {}
     if not a.no_flow:

@@ -23,16 +23,14 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import _common as C  # noqa: E402
+from _common import psnr  # noqa: E402
 from pipeline_lib import load_upscaler, upscale  # noqa: E402
 from pipeline_lib.errors import PipelineError  # noqa: E402
 from pipeline_lib.upscale.registry import MODELS  # noqa: E402
 from pipeline_lib.upscale.weights import weights_available  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
@@ -43,11 +41,8 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 def timed(fn, repeat: int) -> tuple[np.ndarray, float]:
     """Median seconds of ``repeat`` runs after one untimed warm-up run (first-forward set-up,
     e.g. oneDNN / OpenCV DNN layer allocation, is not what a long job pays per image)."""
-    out, times = fn(), []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
+    fn()
+    out, times = C.timed(fn, repeat)
     return out, statistics.median(times)
 
 

@@ -37,7 +37,7 @@ from .upscale import (DEFAULT_MODEL, _choose_backend, _resolve_target, list_upsc
                       load_upscaler, upscale)
 from .upscale.backends import RUN_OPTIONS
 from .upscale.registry import MODELS, ModelSpec
-from .upscale.sizing import check_scale, parse_size, passes_needed, target_size
+from .upscale.sizing import check_scale, parse_size, target_size, working_canvas
 from .upscale.tiling import check_tiling
 
 log = logging.getLogger(__name__)
@@ -310,8 +310,7 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
         up = state.upscaler
         out = target_size(w, h, scale=job.scale, size=job.size,
                           default_scale=up.default_scale or up.scale)
-        grow = up.scale ** passes_needed(w, h, out, up.scale)
-        canvas = (max(out[0], w * grow), max(out[1], h * grow))
+        canvas = working_canvas(w, h, out, up.scale)
         if canvas[0] * canvas[1] > limits.max_output_pixels:
             raise InvalidParameterError(
                 f"a {w}×{h} input upscaled to {out[0]}×{out[1]} needs a {canvas[0]}×{canvas[1]} "

@@ -97,11 +97,16 @@ def target_size(width: int, height: int, *, scale=None, size: SizeArg = None,
     return tw, th
 
 
-def check_canvas(width: int, height: int, target: tuple[int, int], native: int) -> tuple[int, int]:
-    """The largest canvas the model passes produce (a ×4 model asked for ×2 works at ×4, and a
-    stretched ``size=(w, h)`` enlarges both sides by the larger factor); refuse it past the limit."""
+def working_canvas(width: int, height: int, target: tuple[int, int], native: int) -> tuple[int, int]:
+    """The largest canvas the model passes produce: a ×4 model asked for ×2 works at ×4, and a
+    stretched ``size=(w, h)`` enlarges both sides by the larger factor."""
     grow = native ** passes_needed(width, height, target, native)
-    canvas = (max(target[0], width * grow), max(target[1], height * grow))
+    return max(target[0], width * grow), max(target[1], height * grow)
+
+
+def check_canvas(width: int, height: int, target: tuple[int, int], native: int) -> tuple[int, int]:
+    """:func:`working_canvas`, refused past ``PIPELINE_LIB_MAX_OUTPUT_PIXELS``."""
+    canvas = working_canvas(width, height, target, native)
     if canvas[0] * canvas[1] > max_output_pixels():
         raise InvalidParameterError(
             f"a {width}×{height} input upscaled to {target[0]}×{target[1]} needs a "
