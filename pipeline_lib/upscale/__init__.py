@@ -268,8 +268,7 @@ def _bind_run(up: Upscaler, run_opts: dict, fallback: str | None):
 
 
 def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar,
-                run=None) -> tuple[np.ndarray, int]:
-    run = run or up.run
+                run) -> tuple[np.ndarray, int]:
     for i in range(passes):
         remaining = passes - i
 
