@@ -9,8 +9,10 @@ this script creates on first use (bench/.venv-peer), because opencv-python clash
 opencv-contrib build the library uses; basicsr needs a ``torchvision.transforms.functional_tensor``
 alias on current torchvision, installed in the worker below.
 
-Reported: best and median seconds over the timed repeats (after one untimed warm-up: on CPU a
-32² crop, so first-call set-up is not counted but 512² runs do not cost double), megapixels of
+Every row runs in ``--rounds`` fresh processes, the rounds in alternating order (A-B-C, C-B-A), so
+a shared machine's drifting speed hits all methods alike. Reported: best and median seconds over
+all rounds' timed repeats (after one untimed warm-up per process: on CPU a 32² crop, so
+first-call set-up is not counted but 512² runs do not cost double), megapixels of
 output per second, peak RSS (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), PSNR against
 RealESRGANer's untiled output. RealESRGANer runs with ``pre_pad=0``: with it, its untiled maths
 equals ours (its default pre_pad=10 reflect-pads the input, which changes border pixels).
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=None,
                    help="tile size for the tiled rows (default 128; 80 with --quick; > 2×overlap)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 3)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="fresh-process rounds per row, alternating order, best kept "
+                        "(default 2; 1 with --quick)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--peer-venv", type=Path, default=HERE / ".venv-peer")
     p.add_argument("--skip", nargs="*", default=[], choices=["realesrganer", "ncnn", "opencv"])
@@ -300,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = a.sizes or ([48, 96] if a.quick else [128, 256, 512])
     tile = a.tile or (80 if a.quick else 128)
     repeat = a.repeat or (1 if a.quick else 3)
+    a.rounds = a.rounds or (1 if a.quick else 2)
     gpu = device.startswith("cuda")
     print(f"machine: {C.machine_description()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); device {device}"
@@ -329,23 +335,38 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline_lib.upscale.weights import weights_available
                 if "edsr-x4" in MODELS and weights_available(MODELS["edsr-x4"]):
                     plan.append(("ours", me, -1, None, "edsr-x4"))
-            ref = untiled_ours = None
-            for kind, py, t, dt, model in plan:
-                if py is None or (kind == "ncnn" and "ncnn" in a.skip):
+            plan = [row for row in plan
+                    if row[1] is not None and not (row[0] == "ncnn" and "ncnn" in a.skip)]
+            # Rounds in A-B, B-A order so drift in a shared machine's speed hits every method
+            # alike; each row keeps its best round (all rounds' times feed the median).
+            got: dict[tuple, dict] = {}
+            images: dict[tuple, object] = {}
+            for rnd in range(a.rounds):
+                for kind, py, t, dt, model in (plan if rnd % 2 == 0 else plan[::-1]):
+                    key = (kind, t, dt, model)
+                    label = kind if model == MODEL else f"{model} (opencv)"
+                    try:
+                        r = run_one(py, kind, inp, t, rep, device, tmp, pth, model, dt)
+                    except Exception as exc:  # report, go on: one broken peer must not hide the rest
+                        print(f"  {label} tile={t}: FAILED: {str(exc).splitlines()[0]}", flush=True)
+                        continue
+                    times = got[key]["times"] + r["times"] if key in got else r["times"]
+                    if key not in got or r["best_s"] < got[key]["best_s"]:
+                        images[key] = r.pop("image")
+                        got[key] = r
+                    got[key].update(C.summarise(times), times=times)
+                    print(f"  round {rnd + 1}: {size:4d}² {label:22s} tile {t:4d} "
+                          f"{r['best_s']:8.2f} s", flush=True)
+            ref = images.get(("realesrganer", 0, None, MODEL))
+            untiled_ours = images.get(("ours", 0, None, MODEL))
+            for kind, _py, t, dt, model in plan:
+                key = (kind, t, dt, model)
+                if key not in got:
                     continue
+                r, img = got[key], images[key]
                 label = kind if model == MODEL else f"{model} (opencv)"
-                try:
-                    r = run_one(py, kind, inp, t, rep, device, tmp, pth, model, dt)
-                except Exception as exc:  # report and go on: one broken peer must not hide the rest
-                    print(f"  {label} tile={t}: FAILED: {str(exc).splitlines()[0]}", flush=True)
-                    continue
                 r.update(method=label, size=size, tile_arg=t, dtype_arg=dt or "")
-                if kind == "realesrganer" and t == 0:
-                    ref = r["image"]
-                img = r.pop("image")
                 r["psnr_db"] = C.psnr(img, ref) if ref is not None and img.shape == ref.shape else None
-                if kind == "ours" and t == 0 and dt is None and model == MODEL:
-                    untiled_ours = img
                 if dt == "fp32" and untiled_ours is not None:
                     r["psnr_vs_ours_default_db"] = C.psnr(img, untiled_ours)
                 r["mpix_s"] = (size * SCALE) ** 2 / 1e6 / r["best_s"]

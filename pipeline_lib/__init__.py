@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import heap  # noqa: F401  (first: sets THP_MEM_ALLOC_ENABLE before torch allocates)
 from .errors import (BackendUnavailableError, GenerationOutOfMemoryError, ImageReadError,
                      ImageTooLargeError, InvalidParameterError, OutputExistsError, PipelineError,
                      TileOutOfMemoryError, UnknownModelError, WeightsError)

@@ -1,0 +1,88 @@
+"""reuse_freed_memory: freed blocks are reused inside the scope and handed back after it."""
+from __future__ import annotations
+
+import platform
+import resource
+import threading
+
+import pytest
+
+from pipeline_lib import heap
+
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                           reason="malloc tuning needs glibc")
+
+BLOCK = 48 << 20  # above glibc's largest mmap threshold (32 MiB): outside the scope each is mmapped
+
+
+def _faults_for_allocs(n: int = 12) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        a = _block()
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _block() -> bytearray:
+    """A BLOCK-sized malloc'd buffer with every page written (numpy and torch would ask for
+    transparent huge pages, which hides the 4 KiB faults this measures)."""
+    b = bytearray(BLOCK)
+    page = resource.getpagesize()
+    b[::page] = b"\x01" * (BLOCK // page)
+    return b
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@glibc
+def test_scope_cuts_page_faults_of_repeated_large_allocations():
+    outside = _faults_for_allocs()
+    with heap.reuse_freed_memory() as active:
+        assert active is True
+        inside = _faults_for_allocs()
+    pages = 12 * BLOCK // resource.getpagesize()
+    assert outside > 0.8 * pages, (outside, pages)  # every block faulted in again
+    assert inside < outside / 4, (inside, outside)  # only the first block's pages fault
+
+
+@glibc
+def test_freed_memory_is_returned_when_the_scope_ends():
+    with heap.reuse_freed_memory():
+        a = [_block() for _ in range(3)]
+        held = _rss()
+        del a
+        kept = _rss()
+        assert kept > held - BLOCK // 2, "inside the scope a freed block should stay mapped"
+    after = _rss()
+    assert after < kept - 2 * BLOCK, (kept, after)
+
+
+@glibc
+def test_nested_and_concurrent_scopes_share_one_state():
+    barrier = threading.Barrier(4)
+
+    def work():
+        with heap.reuse_freed_memory():
+            barrier.wait()
+            with heap.reuse_freed_memory():
+                _block()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert heap._depth == 0
+    # after the last scope closed, large blocks are mmapped (and faulted) again
+    assert _faults_for_allocs(4) > 0.8 * 4 * BLOCK // resource.getpagesize()
+
+
+def test_opt_out_leaves_malloc_alone(monkeypatch):
+    monkeypatch.setenv("PIPELINE_LIB_HEAP_REUSE", "0")
+    monkeypatch.setattr(heap, "_libc", False)  # forget the cached lookup
+    with heap.reuse_freed_memory() as active:
+        assert active is False
+        assert heap._depth == 0
