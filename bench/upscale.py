@@ -17,6 +17,10 @@ output per second, peak RSS (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), 
 RealESRGANer's untiled output. RealESRGANer runs with ``pre_pad=0``: with it, its untiled maths
 equals ours (its default pre_pad=10 reflect-pads the input, which changes border pixels).
 
+Tiled rows give every method tiles of the same side ``--tile`` as the network sees them: ours and
+ncnn tiles of that size overlapping by 32 px and feather-blended; RealESRGANer ``tile=T-20`` with
+its ``tile_pad=10`` context on each side, cropped (so the default 148 is its usual tile 128).
+
     python bench/upscale.py                # 128², 256², 512²; 3 repeats (1 at 512²)
     python bench/upscale.py --quick        # 48², 96²; 1 repeat: a few minutes on 2 CPU cores
     python bench/upscale.py --device cuda  # fp16 on a GPU (the default when one is present)
@@ -115,7 +119,9 @@ def worker_realesrganer(a) -> dict:
     from realesrgan import RealESRGANer
 
     net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
-    up = RealESRGANer(scale=SCALE, model_path=a.pth, model=net, tile=max(a.tile, 0),
+    # --tile is the side the network sees; RealESRGANer's tile is the core it pads by tile_pad
+    core = max(a.tile - 2 * TILE_PAD, 1) if a.tile > 0 else 0
+    up = RealESRGANer(scale=SCALE, model_path=a.pth, model=net, tile=core,
                       tile_pad=TILE_PAD, pre_pad=0, half=a.device.startswith("cuda"),
                       device=torch.device(a.device))
     bgr = np.ascontiguousarray(_read_rgb(a.input)[..., ::-1])
@@ -277,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     p.add_argument("--sizes", type=int, nargs="+", help="input side lengths (default 128 256 512)")
     p.add_argument("--tile", type=int, default=None,
-                   help="tile size for the tiled rows (default 128; 80 with --quick; > 2×overlap)")
+                   help="side of the tile the network sees, for every method (default 148, i.e. "
+                        "RealESRGANer's tile 128 + its 10-px pad on both sides; 80 with --quick)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 3)")
     p.add_argument("--rounds", type=int, default=None,
                    help="fresh-process rounds per row, alternating order, best kept "
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = a.device or default_device()
     sizes = a.sizes or ([48, 96] if a.quick else [128, 256, 512])
-    tile = a.tile or (80 if a.quick else 128)
+    tile = a.tile or (80 if a.quick else 148)
     repeat = a.repeat or (1 if a.quick else 3)
     a.rounds = a.rounds or (1 if a.quick else 2)
     gpu = device.startswith("cuda")

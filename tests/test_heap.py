@@ -5,6 +5,7 @@ import platform
 import resource
 import threading
 
+import numpy as np
 import pytest
 
 from pipeline_lib import heap
@@ -86,3 +87,53 @@ def test_opt_out_leaves_malloc_alone(monkeypatch):
     with heap.reuse_freed_memory() as active:
         assert active is False
         assert heap._depth == 0
+
+
+def _thp_available() -> bool:
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    return "[never]" not in mode
+
+
+_TORCH_FAULTS = """
+import resource, sys
+import pipeline_lib, torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    t = torch.empty(16 << 20).fill_(1.0)  # 64 MiB
+    del t
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@glibc
+@pytest.mark.skipif(not _thp_available(), reason="transparent huge pages are off on this kernel")
+@pytest.mark.parametrize("env_value", [None, "0"])
+def test_importing_pipeline_lib_gives_torch_huge_pages(env_value):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value  # an explicit choice is kept
+    out = subprocess.run([sys.executable, "-c", _TORCH_FAULTS], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    faults, small_pages = int(out.split()[-1]), 4 * (64 << 20) // resource.getpagesize()
+    if env_value is None:
+        assert faults < small_pages / 8, (faults, small_pages)
+    else:
+        assert faults > small_pages / 2, (faults, small_pages)
+
+
+def test_upscale_gives_the_same_pixels_with_and_without_heap_reuse(photo, monkeypatch):
+    from pipeline_lib import upscale
+
+    img = np.asarray(photo)[100:148, 200:256]
+    tuned = upscale(img, "realesr-animevideov3", scale=2, backend="torch", progress=False)
+    monkeypatch.setattr(heap, "_libc", None)  # as with PIPELINE_LIB_HEAP_REUSE=0
+    plain = upscale(img, "realesr-animevideov3", scale=2, backend="torch", progress=False)
+    assert tuned.shape == plain.shape == (96, 112, 3)
+    assert np.array_equal(tuned, plain)
