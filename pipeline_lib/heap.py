@@ -3,8 +3,8 @@
 glibc's malloc serves each allocation above its mmap threshold with a fresh ``mmap`` and unmaps
 it on ``free``, and it trims the heap top as soon as a large block there is freed. A CPU forward
 pass allocates and frees every activation once per layer, so the kernel zero-fills the same
-memory page by page again for each of them: a 256²→1024² Real-ESRGAN run took ~10 million page
-faults and 10–15 % of its time that way. The usual advice for PyTorch on CPU is to preload
+memory page by page again for each of them: a 256²→1024² Real-ESRGAN run took 2–3 million page
+faults and ~10 % of its time that way. The usual advice for PyTorch on CPU is to preload
 jemalloc or tcmalloc; that cannot be asked of a notebook user, so :func:`reuse_freed_memory`
 tells glibc, for the duration of a run only, to serve large blocks from the heap and to keep
 freed memory, then restores fixed thresholds and returns the free memory to the system with
@@ -15,8 +15,9 @@ Set ``PIPELINE_LIB_HEAP_REUSE=0`` to leave malloc alone.
 Importing this module also asks PyTorch to back its large CPU tensors with transparent huge
 pages (``THP_MEM_ALLOC_ENABLE=1``; one fault and one TLB entry per 2 MiB instead of 512), which
 it reads at its first allocation, so it only takes effect when ``pipeline_lib`` is imported
-before torch allocates anything. Together the two took a 256²→1024² x4plus run on 2 cores from
-22.0 s to 16.9 s. An explicit ``THP_MEM_ALLOC_ENABLE`` in the environment is left as it is.
+before torch allocates anything. Together the two cut a 256²→1024² x4plus run's page faults
+200-fold and its time by ~10 % (bench/cpu_memory.py). An explicit ``THP_MEM_ALLOC_ENABLE`` in
+the environment is left as it is.
 """
 from __future__ import annotations
 
