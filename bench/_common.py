@@ -32,6 +32,14 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[object, list[float]]:
     return out, times
 
 
+def alternating(items: list, rounds: int):
+    """Yield ``(round, item)`` with rounds in A-B-C, C-B-A order, so a shared machine's drifting
+    speed hits every item alike."""
+    for rnd in range(rounds):
+        for item in (items if rnd % 2 == 0 else items[::-1]):
+            yield rnd, item
+
+
 def summarise(times: list[float]) -> dict[str, float]:
     return {"best_s": min(times), "median_s": statistics.median(times)}
 

@@ -15,10 +15,7 @@ Ends with ``summary: heap_and_thp_speedup=… faults_ratio=…`` (both on vs bot
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,20 +82,19 @@ def main(argv=None) -> int:
     images = {}
     names = list(SETTINGS)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-memory-") as td:
-        for rnd in range(a.rounds):
-            for name in names if rnd % 2 == 0 else names[::-1]:
-                heap, thp = SETTINGS[name]
-                out = Path(tempfile.mkdtemp(dir=td))
-                argv = [str(Path(__file__).resolve()), "--worker", "--out", str(out),
-                        "--size", str(a.size), "--repeat", str(a.repeat)]
-                r = C.run_worker(sys.executable, argv, out / "result.json",
-                                 env={"PIPELINE_LIB_HEAP_REUSE": heap, "THP_MEM_ALLOC_ENABLE": thp})
-                r.update(C.summarise(r["times"]))
-                print(f"  round {rnd + 1}: {name:18s} {r['best_s']:7.2f} s  "
-                      f"{r['faults'] / 1e6:6.2f} M faults/run", flush=True)
-                if name not in best or r["best_s"] < best[name]["best_s"]:
-                    best[name] = r
-                images[name] = np.load(out / "image.npy")
+        for rnd, name in C.alternating(names, a.rounds):
+            heap, thp = SETTINGS[name]
+            out = Path(tempfile.mkdtemp(dir=td))
+            argv = [str(Path(__file__).resolve()), "--worker", "--out", str(out),
+                    "--size", str(a.size), "--repeat", str(a.repeat)]
+            r = C.run_worker(sys.executable, argv, out / "result.json",
+                             env={"PIPELINE_LIB_HEAP_REUSE": heap, "THP_MEM_ALLOC_ENABLE": thp})
+            r.update(C.summarise(r["times"]))
+            print(f"  round {rnd + 1}: {name:18s} {r['best_s']:7.2f} s  "
+                  f"{r['faults'] / 1e6:6.2f} M faults/run", flush=True)
+            if name not in best or r["best_s"] < best[name]["best_s"]:
+                best[name] = r
+            images[name] = np.load(out / "image.npy")
     base = best["both off"]
     print("\n| setting | best s | page faults per run | peak RSS MiB | speed-up | same pixels |")
     print("|---|---|---|---|---|---|")

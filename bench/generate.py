@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import psnr  # noqa: E402
+from _common import alternating, psnr  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 PROMPT = "portrait of an old fisherman, golden hour, 85mm photo"
@@ -263,10 +263,8 @@ def main(argv=None) -> int:
     tmp = CACHE / "out"
     tmp.mkdir(parents=True, exist_ok=True)
     res, imgs = {}, {}
-    # Rounds in A-B, B-A order so drift in the shared CPU's load hits all contenders alike;
-    # each contender keeps its best round.
-    order = [n for r in range(a.rounds) for n in (names if r % 2 == 0 else names[::-1])]
-    for name in order:
+    # each contender keeps its best round
+    for _rnd, name in alternating(names, a.rounds):
         r = run_worker(name, sd, a, tmp / f"{name}.npy", steps, size)
         if name not in res or r["best_s"] < res[name]["best_s"]:
             res[name] = r

@@ -344,26 +344,24 @@ def main(argv: list[str] | None = None) -> int:
                     plan.append(("ours", me, -1, None, "edsr-x4"))
             plan = [row for row in plan
                     if row[1] is not None and not (row[0] == "ncnn" and "ncnn" in a.skip)]
-            # Rounds in A-B, B-A order so drift in a shared machine's speed hits every method
-            # alike; each row keeps its best round (all rounds' times feed the median).
+            # each row keeps its best round; all rounds' times feed the median
             got: dict[tuple, dict] = {}
             images: dict[tuple, object] = {}
-            for rnd in range(a.rounds):
-                for kind, py, t, dt, model in (plan if rnd % 2 == 0 else plan[::-1]):
-                    key = (kind, t, dt, model)
-                    label = kind if model == MODEL else f"{model} (opencv)"
-                    try:
-                        r = run_one(py, kind, inp, t, rep, device, tmp, pth, model, dt)
-                    except Exception as exc:  # report, go on: one broken peer must not hide the rest
-                        print(f"  {label} tile={t}: FAILED: {str(exc).splitlines()[0]}", flush=True)
-                        continue
-                    times = got[key]["times"] + r["times"] if key in got else r["times"]
-                    if key not in got or r["best_s"] < got[key]["best_s"]:
-                        images[key] = r.pop("image")
-                        got[key] = r
-                    got[key].update(C.summarise(times), times=times)
-                    print(f"  round {rnd + 1}: {size:4d}² {label:22s} tile {t:4d} "
-                          f"{r['best_s']:8.2f} s", flush=True)
+            for rnd, (kind, py, t, dt, model) in C.alternating(plan, a.rounds):
+                key = (kind, t, dt, model)
+                label = kind if model == MODEL else f"{model} (opencv)"
+                try:
+                    r = run_one(py, kind, inp, t, rep, device, tmp, pth, model, dt)
+                except Exception as exc:  # report, go on: one broken peer must not hide the rest
+                    print(f"  {label} tile={t}: FAILED: {str(exc).splitlines()[0]}", flush=True)
+                    continue
+                times = got[key]["times"] + r["times"] if key in got else r["times"]
+                if key not in got or r["best_s"] < got[key]["best_s"]:
+                    images[key] = r.pop("image")
+                    got[key] = r
+                got[key].update(C.summarise(times), times=times)
+                print(f"  round {rnd + 1}: {size:4d}² {label:22s} tile {t:4d} "
+                      f"{r['best_s']:8.2f} s", flush=True)
             ref = images.get(("realesrganer", 0, None, MODEL))
             untiled_ours = images.get(("ours", 0, None, MODEL))
             for kind, _py, t, dt, model in plan:
