@@ -1,6 +1,7 @@
 """Device and precision choices shared by the upscalers and the diffusion pipelines."""
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import InvalidParameterError
@@ -65,10 +66,45 @@ def resolve_dtype(dtype: "str | object | None") -> "torch.dtype | None":  # noqa
 
 
 def supports_bf16(device: "torch.device") -> bool:  # noqa: F821
-    """Native bf16: Ampere+ GPUs only (a P100/T4 has none, and CPUs emulate it ~10× slower)."""
+    """Native bf16 arithmetic on ``device``: Ampere+ GPUs; CPUs with AVX512-BF16 or AMX (x86) or
+    the BF16 extension (Arm). A P100/T4 has none, and other CPUs emulate it ~10× slower than fp32.
+
+    >>> import torch; supports_bf16(torch.device("cpu")) in (True, False)
+    True
+    """
     import torch
 
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags, and Arm's "Features: ... bf16"
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively, read from /proc/cpuinfo's flags.
+
+    torch only says whether oneDNN *accepts* bf16 (it also does on plain AVX-512, by emulation),
+    and py-cpuinfo would be a dependency for one line, so the kernel's own flag list decides.
+    Off Linux the answer is False (fp32 stays the choice there).
+    """
+    if cpuinfo is None:
+        return _cpu_flags_native_bf16()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return cpu_has_native_bf16(f.read())
+    except OSError:
+        return False
 
 
 def free_memory(device: "torch.device") -> int | None:  # noqa: F821

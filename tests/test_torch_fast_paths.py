@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import psnr
 
 from pipeline_lib.errors import InvalidParameterError
 from pipeline_lib.upscale import load_upscaler, upscale
@@ -70,3 +71,45 @@ def test_compiled_model_gives_the_same_image(small_photo):
         raise
     assert fast.shape == plain.shape == (64, 64, 3)
     assert np.abs(fast.astype(int) - plain.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("text, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+    ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),  # AVX-512 emulates bf16
+    ("Features\t: fp asimd evtstrm aes sve bf16 i8mm\n", True),          # Arm v8.6+
+    ("Features\t: fp asimd evtstrm aes\n", False),
+    ("model name\t: bf16 in a name is not a flag\n", False),
+    ("", False),
+])
+def test_native_bf16_read_from_cpu_flags(text, native):
+    from pipeline_lib.devices import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(text) is native
+
+
+def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog):
+    """dtype='bf16' runs in bf16 on CPUs that compute it natively (forced here, so the path runs
+    on any CPU) and falls back to fp32, with a warning, on CPUs that would emulate it."""
+    from pipeline_lib.upscale import clear_cache
+
+    arr = np.asarray(small_photo)[:24, :24]
+    ref = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
+    clear_cache()
+    got = upscale(arr, MODEL, backend="torch", device="cpu", dtype="bf16", tile=0,
+                  progress=False, full_result=True)
+    assert got.dtype == "bfloat16"
+    out = np.asarray(got.image)
+    assert out.shape == ref.shape == (96, 96, 3)
+    assert 35.0 < psnr(out, ref) < float("inf")  # bf16 changes pixels, a little
+
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: False)
+    clear_cache()
+    with caplog.at_level("WARNING"):
+        res = upscale(arr, MODEL, backend="torch", device="cpu", dtype="bf16", tile=0,
+                      progress=False, full_result=True)
+    assert res.dtype == "float32"
+    assert "bf16 has no native support" in caplog.text
+    assert np.array_equal(np.asarray(res.image), ref)
+    clear_cache()
