@@ -25,6 +25,10 @@ its ``tile_pad=10`` context on each side, cropped (so the default 148 is its usu
     python bench/upscale.py --quick        # 48², 96²; 1 repeat: a few minutes on 2 CPU cores
     python bench/upscale.py --device cuda  # fp16 on a GPU (the default when one is present)
 
+On a GPU an extra untiled fp32 row shows what fp16 costs in pixels; on a CPU with native bf16
+(AVX512-BF16/AMX) an extra untiled ``dtype="bf16"`` row shows that opt-in's speed and its PSNR
+against our fp32 output.
+
 Ends with one machine-readable line:
 ``summary: vs_realesrganer=… vs_ncnn=… psnr_vs_realesrganer_db=… peak_rss_ratio=…`` where the
 speed ratios are medians over sizes of (their best seconds / our best seconds), untiled, i.e. at
@@ -314,9 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     repeat = a.repeat or (1 if a.quick else 3)
     a.rounds = a.rounds or (1 if a.quick else 2)
     gpu = device.startswith("cuda")
+    sys.path.insert(0, str(ROOT))
+    from pipeline_lib.devices import cpu_has_native_bf16
+
+    native_bf16 = not gpu and cpu_has_native_bf16()
     print(f"machine: {C.machine_description()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if gpu else ""))
+          + (f" ({torch.cuda.get_device_name()})" if gpu else
+             f" ({'native' if native_bf16 else 'no native'} bf16)"))
     print(f"sizes {sizes}, tile {tile} (ours/ncnn overlap {OVERLAP}, RealESRGANer tile_pad "
           f"{TILE_PAD}), {repeat} timed repeat(s); times: best / median seconds", flush=True)
 
@@ -335,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("ncnn", me, tile, None, MODEL), ("ours", me, -1, None, MODEL)]
             if gpu:  # what fp16 costs in pixels: the same run in fp32
                 plan.append(("ours", me, 0, "fp32", MODEL))
+            elif native_bf16:  # the opt-in speed-up such CPUs offer, and its cost in pixels
+                plan.append(("ours", me, 0, "bf16", MODEL))
             if "opencv" not in a.skip:
                 plan.append(("ours", me, -1, None, "fsrcnn-x4"))
                 sys.path.insert(0, str(ROOT))
@@ -372,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = kind if model == MODEL else f"{model} (opencv)"
                 r.update(method=label, size=size, tile_arg=t, dtype_arg=dt or "")
                 r["psnr_db"] = C.psnr(img, ref) if ref is not None and img.shape == ref.shape else None
-                if dt == "fp32" and untiled_ours is not None:
+                if dt and untiled_ours is not None:
                     r["psnr_vs_ours_default_db"] = C.psnr(img, untiled_ours)
                 r["mpix_s"] = (size * SCALE) ** 2 / 1e6 / r["best_s"]
                 rows.append(r)
@@ -382,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['median_s']:8.2f} s  {r['mpix_s']:6.3f} MP/s  "
                       f"{'GPU' if gpu else 'RSS'} {mem:7.0f} MiB  PSNR vs RealESRGANer "
                       f"{fmt(r['psnr_db'], '.1f')} dB"
-                      + (f"  (fp32 vs our fp16 {fmt(r['psnr_vs_ours_default_db'], '.1f')} dB)"
-                         if dt == "fp32" else ""), flush=True)
+                      + (f"  ({dt} vs our default {fmt(r.get('psnr_vs_ours_default_db'), '.1f')} dB)"
+                         if dt else ""), flush=True)
 
     def pick(method, size, t, dt=""):
         for r in rows:
@@ -397,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         mem = r["gpu_peak_mb"] if gpu else r["peak_rss_mb"]
         tile_txt = {0: "none", -1: f"auto ({r['tile']})"}.get(r["tile_arg"], str(r["tile_arg"]))
         name = r["method"] + (f" {r['dtype_arg']}" if r["dtype_arg"] else "")
+        if "psnr_vs_ours_default_db" in r:
+            name += f" ({fmt(r['psnr_vs_ours_default_db'], '.1f')} dB vs our default)"
         print(f"| {r['size']}² | {name} | {tile_txt} | {r['best_s']:.3f} | {r['median_s']:.3f} | "
               f"{r['mpix_s']:.3f} | {mem:.0f} | {fmt(r['psnr_db'], '.1f')} |")
 
@@ -414,12 +427,18 @@ def main(argv: list[str] | None = None) -> int:
     key = "gpu_peak_mb" if gpu else "peak_rss_mb"
     mem_ratio = mine[key] / theirs[key] if mine and theirs and theirs[key] else None
     tiled = ratio("realesrganer", tile)
+    pairs = [(r, pick("ours", s, 0, "bf16")) for s in sizes if (r := pick("ours", s, 0))]
+    pairs = [(a32, a16) for a32, a16 in pairs if a16]
+    bf16_speedup = statistics.median(a32["best_s"] / a16["best_s"] for a32, a16 in pairs) if pairs else None
+    bf16_psnr = min(a16["psnr_vs_ours_default_db"] for _a, a16 in pairs) if pairs else None
     print(f"\ntiled at {tile}: vs RealESRGANer {fmt(tiled)}×, vs ncnn {fmt(ratio('ncnn', tile))}×")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print(f"summary: vs_realesrganer={fmt(ratio('realesrganer'))} vs_ncnn={fmt(ratio('ncnn'))} "
           f"psnr_vs_realesrganer_db={fmt(min(psnrs) if psnrs else None, '.1f')} "
-          f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}")
+          f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}"
+          + (f" bf16_speedup={fmt(bf16_speedup)} psnr_bf16_vs_fp32_db={fmt(bf16_psnr, '.1f')}"
+             if native_bf16 else ""))
     return 0
 
 
