@@ -17,7 +17,9 @@ depths 1,1,2, small text encoders, real SDXL VAE) at 128², 2 steps, x4plus to 5
 
 On CUDA three contenders: diffusers with default settings (fp32), diffusers in fp16 (its documented
 usage, the fair peer) and ours (fp16, SDPA, fused QKV, channels_last); PSNR is against diffusers
-fp32. On the CPU everything is fp32 and the images must be identical (PSNR inf).
+fp32. On the CPU everything is fp32 and the images must be identical (PSNR inf); on a CPU with
+native bf16 (AVX512-BF16/AMX) ``ours-bf16`` (``generate(dtype="bf16")``, opt-in) is added, with
+its PSNR against diffusers fp32.
 Ends with one line: ``summary: generate_vs_diffusers=... psnr_vs_diffusers_db=... flow_2048_s=... flow_peak_gb=...``
 """
 from __future__ import annotations
@@ -173,15 +175,16 @@ def worker(a) -> dict:
         def once():
             g = torch.Generator("cpu").manual_seed(SEED)
             return pipe(PROMPT, generator=g, **kw).images[0]
-    elif a.worker in ("ours", "ours-compile"):
+    elif a.worker in ("ours", "ours-compile", "ours-bf16"):
         from pipeline_lib import generate, load_pipeline
 
         compile_ = a.worker == "ours-compile"
-        load_pipeline(a.folder, device=dev, progress=False, compile=compile_)
+        dtype = "bf16" if a.worker == "ours-bf16" else None
+        load_pipeline(a.folder, device=dev, dtype=dtype, progress=False, compile=compile_)
 
         def once():
             return generate(PROMPT, model=a.folder, steps=a.steps, guidance=GUIDANCE, width=a.size,
-                            height=a.size, seed=SEED, device=dev, progress=False,
+                            height=a.size, seed=SEED, device=dev, dtype=dtype, progress=False,
                             compile=compile_)[0].image
     else:  # flow
         from pipeline_lib import load_pipeline, text_to_image
@@ -260,6 +263,10 @@ def main(argv=None) -> int:
     mem = "peak GPU GiB (max_memory_allocated)" if cuda else "peak RSS GiB"
     names = (["diffusers", "diffusers-fp16", "ours"] if cuda else ["diffusers", "ours"])
     names += ["ours-compile"] if a.compile else []
+    from pipeline_lib.devices import cpu_has_native_bf16
+
+    bf16 = not cuda and cpu_has_native_bf16()
+    names += ["ours-bf16"] if bf16 else []  # opt-in on CPUs with native bf16; changes pixels
     tmp = CACHE / "out"
     tmp.mkdir(parents=True, exist_ok=True)
     res, imgs = {}, {}
@@ -296,7 +303,9 @@ def main(argv=None) -> int:
     fmt = lambda v: "nan" if v is None else ("inf" if math.isinf(v) else f"{v:.2f}")  # noqa: E731
     print(f"summary: generate_vs_diffusers={ratio:.3f} psnr_vs_diffusers_db={fmt(p)} "
           f"flow_{ftarget}_s={fmt(flow.get('best_s'))} flow_peak_gb={fmt(flow.get('peak_gb'))} "
-          f"device={'cuda' if cuda else 'cpu'} quick={int(a.quick)}")
+          f"device={'cuda' if cuda else 'cpu'} quick={int(a.quick)}"
+          + (f" bf16_vs_diffusers={res[peer]['best_s'] / res['ours-bf16']['best_s']:.3f} "
+             f"psnr_bf16_db={fmt(psnr(imgs['ours-bf16'], ref))}" if bf16 else ""))
     return 0
 
 

@@ -277,3 +277,23 @@ def test_xformers_request_falls_back_to_sdpa_with_same_pixels(sd_dir):
     plain = pl.generate("a red apple", model=sd_dir, seed=4, **FAST)[0]
     asked = pl.generate("a red apple", model=sd_dir, seed=4, xformers=True, **FAST)[0]
     assert np.array_equal(arr(plain.image), arr(asked.image))  # CPU: SDPA either way
+
+
+def test_cpu_bf16_generation_where_native(sd_dir, monkeypatch):
+    """dtype='bf16' on a CPU with native bf16 (forced here, so the path runs on any CPU) loads the
+    pipeline in bf16 and draws the fp32 picture up to bf16 rounding; without it, a clear error."""
+    import torch
+
+    from pipeline_lib.generate import memory
+
+    ref = pl.generate("a red apple", model=sd_dir, seed=7, device="cpu", **FAST)[0]
+    monkeypatch.setattr(memory, "supports_bf16", lambda d: False)
+    with pytest.raises(InvalidParameterError, match="no native bf16"):
+        pl.generate("a red apple", model=sd_dir, seed=7, device="cpu", dtype="bf16", **FAST)
+    monkeypatch.setattr(memory, "supports_bf16", lambda d: True)
+    got = pl.generate("a red apple", model=sd_dir, seed=7, device="cpu", dtype="bf16", **FAST)[0]
+    assert pipeline_mod.load_pipeline(sd_dir, device="cpu", dtype="bf16").unet.dtype == torch.bfloat16
+    assert got.image.size == ref.image.size == (64, 64)
+    a, b = arr(got.image), arr(ref.image)
+    assert not np.array_equal(a, b)  # it really ran in another precision
+    assert psnr(a, b) > 25.0, psnr(a, b)

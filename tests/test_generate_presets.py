@@ -64,8 +64,20 @@ def test_aspect_errors():
 def test_memory_profiles_on_cpu():
     plan = plan_memory("auto", "cpu")
     assert (plan.profile, plan.dtype, plan.offload) == ("cpu", "float32", None)
-    with pytest.raises(InvalidParameterError, match="only fp32"):
+    with pytest.raises(InvalidParameterError, match="fp16 is not implemented"):
         plan_memory("fast", "cpu", dtype="fp16")
+
+
+def test_cpu_bf16_plan_only_where_native(monkeypatch):
+    from pipeline_lib.generate import memory
+
+    monkeypatch.setattr(memory, "supports_bf16", lambda d: False)
+    with pytest.raises(InvalidParameterError, match="no native bf16.*AVX512-BF16"):
+        plan_memory("auto", "cpu", dtype="bf16")
+    monkeypatch.setattr(memory, "supports_bf16", lambda d: True)
+    plan = plan_memory("auto", "cpu", dtype="bf16")
+    assert (plan.profile, plan.dtype, plan.offload) == ("cpu", "bfloat16", None)
+    assert plan_memory("auto", "cpu").dtype == "float32"  # never without being asked
 
 
 def test_bf16_refused_without_native_support(monkeypatch):

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="2048", help="upscale target: N (long side) or WxH (default 2048)")
     p.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on a CPU; "
+                                   "bf16 only where native)")
     p.add_argument("--xformers", action="store_true",
                    help="xformers attention when installed (default: PyTorch SDPA)")
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(model=args.model, negative_prompt=args.negative, steps=args.steps,
                   guidance=args.guidance, width=width, height=height, seed=args.seed,
                   num_images=args.num_images, scheduler=args.scheduler, device=args.device,
-                  memory=args.memory, xformers=args.xformers)
+                  memory=args.memory, dtype=args.dtype, xformers=args.xformers)
     if args.upscale:
         results = text_to_image(args.prompt, upscaler=args.upscale, size=parse_size(args.target), **kwargs)
     else:

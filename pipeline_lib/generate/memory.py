@@ -2,7 +2,8 @@
 
 ``auto`` decides from the device: a CUDA GPU with ≥ 12 GB runs everything on the GPU in fp16 with
 PyTorch SDPA attention; a smaller GPU keeps only the running sub-model on the GPU (model CPU
-offload); a CPU runs fp32. ``fast`` / ``balanced`` / ``low`` force a profile.
+offload); a CPU runs fp32 (bf16 when asked, on CPUs with native bf16). ``fast`` / ``balanced`` /
+``low`` force a profile.
 """
 from __future__ import annotations
 
@@ -100,11 +101,17 @@ def _plan_memory(memory: str, device, *, dtype, xformers: bool) -> MemoryPlan:
     dev = resolve_device(device)
     want = resolve_dtype(dtype)
     if dev.type == "cpu":
-        if want is not None and str(want) != "torch.float32":
-            raise InvalidParameterError("on the CPU only fp32 is supported for generation (fp16 is "
-                                        "not implemented for several CPU kernels); leave dtype unset.")
-        plan = MemoryPlan("cpu", str(dev), "float32")
-        log.info("memory profile: cpu (fp32, no offload)%s",
+        name = "float32" if want is None else str(want).replace("torch.", "")
+        if name == "float16":
+            raise InvalidParameterError("on the CPU generation runs in fp32 (fp16 is not implemented "
+                                        "for several CPU kernels), or in bf16 on CPUs with native "
+                                        "bf16; leave dtype unset or use 'bf16' there.")
+        if name == "bfloat16" and not supports_bf16(dev):
+            raise InvalidParameterError("this CPU has no native bf16 (it needs AVX512-BF16 or AMX, "
+                                        "or Arm's BF16 extension; others emulate it ~10× slower "
+                                        "than fp32); leave dtype unset (fp32).")
+        plan = MemoryPlan("cpu", str(dev), name)
+        log.info("memory profile: cpu (%s, no offload)%s", "bf16" if name == "bfloat16" else "fp32",
                  "" if key == "auto" else f" — {key!r} only applies to GPUs")
         return plan
     name = "float16"
