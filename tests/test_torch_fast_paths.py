@@ -1,8 +1,10 @@
-"""The optimised torch paths (channels_last, batched tiles, torch.compile) give the plain model's
-pixels. Tolerances: float outputs within 1e-4 (oneDNN picks other summation orders per memory
-format / batch size; 1e-4 of full scale is < 0.03 of a uint8 level), uint8 images identical or
-within one level."""
+"""The optimised torch paths (channels_last, batched tiles, torch.compile, fused up-convs) give
+the plain model's pixels. Tolerances: float outputs within 1e-4 (oneDNN picks other summation
+orders per memory format / batch size; 1e-4 of full scale is < 0.03 of a uint8 level), uint8
+images identical or within one level; bf16 is the exception, checked by PSNR."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +115,48 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog):
     assert "bf16 has no native support" in caplog.text
     assert np.array_equal(np.asarray(res.image), ref)
     clear_cache()
+
+
+@pytest.mark.parametrize("kw, swapped", [
+    (dict(num_blocks=1, scale=4), 2),
+    (dict(num_blocks=1, scale=2, shuffle_factor=2, in_nc=12), 1),
+    (dict(num_blocks=1, scale=8), 3),
+    (dict(num_blocks=1, scale=4, plus=True), 2),
+    (dict(num_blocks=1, scale=1), 0),
+    (dict(num_blocks=1, scale=4, upsampler="pixel_shuffle"), 0),
+])
+def test_nearest_upconv_rewrite_computes_the_same_function(kw, swapped):
+    import copy
+
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from pipeline_lib.upscale.backends.nearest_upconv import rewrite_nearest_upconv
+
+    torch.manual_seed(0)
+    plain = ESRGAN(**kw).eval()
+    fast = copy.deepcopy(plain)
+    assert rewrite_nearest_upconv(fast) == swapped
+    assert sum(isinstance(m, torch.nn.Upsample) for m in fast.modules()) == \
+        sum(isinstance(m, torch.nn.Upsample) for m in plain.modules()) - swapped
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.rand(1, 3, 20, 28).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            a, b = plain(x), fast(x)
+        assert a.shape == b.shape
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_x4plus_on_cpu_matches_spandrel():
+    """The real x4plus weights with both up-convolutions rewritten: spandrel's output."""
+    from spandrel import ModelLoader
+
+    up = load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", progress=False)
+    assert up.info["fused_upconvs"] == 2
+    ref = ModelLoader().load_from_state_dict(
+        torch_backend.load_state_dict(Path(up.info["weights"]))).model.eval()
+    x = np.random.default_rng(2).random((1, 3, 24, 20), dtype=np.float32)
+    with torch.inference_mode():
+        want = ref(torch.from_numpy(x)).clamp(0, 1).numpy()
+    got = up.run(x)
+    assert got.shape == want.shape == (1, 3, 96, 80)
+    assert np.abs(got - want).max() < 1e-4

@@ -15,6 +15,7 @@ from ...errors import InvalidParameterError, TileOutOfMemoryError, WeightsError
 from .. import weights as W
 from ..registry import ModelSpec
 from . import Upscaler
+from .nearest_upconv import rewrite_nearest_upconv
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         log.warning("bf16 has no native support for %s on %s; using fp32", name, dev)
         dt = torch.float32
     module = desc.model.eval().to(device=dev, dtype=dt)
+    # same function, less work; measured on CPUs only (bench/README.md), so only applied there
+    rewritten = (rewrite_nearest_upconv(module)
+                 if dev.type == "cpu" and desc.architecture.name == "ESRGAN" else 0)
     if dev.type in ("cuda", "cpu"):
         module = module.to(memory_format=torch.channels_last)
     if dev.type == "cuda":
@@ -185,4 +189,5 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         name=name, backend="torch", scale=desc.scale, run=run, device=str(dev),
         dtype=str(dt).replace("torch.", ""), default_tile=tile, batch=_auto_batch(desc, dev, dt, tile),
         default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
-        release=release, info={"architecture": desc.architecture.name, "weights": str(path), "module": module, "compiled": compile})
+        release=release, info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
+              "compiled": compile, "fused_upconvs": rewritten})
