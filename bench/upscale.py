@@ -26,8 +26,8 @@ its ``tile_pad=10`` context on each side, cropped (so the default 148 is its usu
     python bench/upscale.py --device cuda  # fp16 on a GPU (the default when one is present)
 
 On a GPU an extra untiled fp32 row shows what fp16 costs in pixels; on a CPU with native bf16
-(AVX512-BF16/AMX) an extra untiled ``dtype="bf16"`` row shows that opt-in's speed and its PSNR
-against our fp32 output.
+(AVX512-BF16/AMX) extra untiled ``dtype="bf16"`` rows show that opt-in's speed and its PSNR
+against our fp32 output, next to ncnn's own bf16 mode (``use_bf16_storage``).
 
 Ends with one machine-readable line:
 ``summary: vs_realesrganer=… vs_ncnn=… psnr_vs_realesrganer_db=… peak_rss_ratio=…`` where the
@@ -161,6 +161,8 @@ def worker_ncnn(a) -> dict:
     vulkan = a.device.startswith("cuda") and ncnn.get_gpu_count() > 0
     net.opt.use_vulkan_compute = vulkan
     net.opt.num_threads = os.cpu_count() or 1
+    # ncnn's bf16 mode stores activations and weights in bf16 (it still computes in fp32)
+    net.opt.use_bf16_storage = a.dtype == "bf16"
     net.load_param(str(param))
     net.load_model(str(binf))
 
@@ -182,7 +184,8 @@ def worker_ncnn(a) -> dict:
     go(_warm_input(a.input, a.device))
     out, times = C.timed(lambda: go(img), a.repeat)
     return {"image": out, "times": times, "tile": max(a.tile, 0),
-            "dtype": "ncnn-vulkan" if vulkan else "ncnn-cpu", "gpu_peak_mb": None}
+            "dtype": "ncnn-vulkan" if vulkan else f"ncnn-cpu-{a.dtype or 'fp32'}",
+            "gpu_peak_mb": None}
 
 
 WORKERS = {"ours": worker_ours, "realesrganer": worker_realesrganer, "ncnn": worker_ncnn}
@@ -344,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                     ("ncnn", me, tile, None, MODEL), ("ours", me, -1, None, MODEL)]
             if gpu:  # what fp16 costs in pixels: the same run in fp32
                 plan.append(("ours", me, 0, "fp32", MODEL))
-            elif native_bf16:  # the opt-in speed-up such CPUs offer, and its cost in pixels
-                plan.append(("ours", me, 0, "bf16", MODEL))
+            elif native_bf16:  # the opt-in speed-up such CPUs offer, its cost in pixels, and
+                # ncnn's own bf16 mode as its peer
+                plan += [("ours", me, 0, "bf16", MODEL), ("ncnn", me, 0, "bf16", MODEL)]
             if "opencv" not in a.skip:
                 plan.append(("ours", me, -1, None, "fsrcnn-x4"))
                 sys.path.insert(0, str(ROOT))
@@ -431,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [(a32, a16) for a32, a16 in pairs if a16]
     bf16_speedup = statistics.median(a32["best_s"] / a16["best_s"] for a32, a16 in pairs) if pairs else None
     bf16_psnr = min(a16["psnr_vs_ours_default_db"] for _a, a16 in pairs) if pairs else None
+    duel = [(r, n) for s in sizes if (r := pick("ours", s, 0, "bf16")) and (n := pick("ncnn", s, 0, "bf16"))]
+    bf16_vs_ncnn = statistics.median(n["best_s"] / r["best_s"] for r, n in duel) if duel else None
     print(f"\ntiled at {tile}: vs RealESRGANer {fmt(tiled)}×, vs ncnn {fmt(ratio('ncnn', tile))}×")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
           f"psnr_vs_realesrganer_db={fmt(min(psnrs) if psnrs else None, '.1f')} "
           f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}"
           + (f" bf16_speedup={fmt(bf16_speedup)} psnr_bf16_vs_fp32_db={fmt(bf16_psnr, '.1f')}"
-             if native_bf16 else ""))
+             f" bf16_vs_ncnn_bf16={fmt(bf16_vs_ncnn)}" if native_bf16 else ""))
     return 0
 
 
