@@ -5,8 +5,9 @@ convolution. Every output pixel of that pair sees only a 2×2 neighbourhood of t
 input, with taps that are sums of the 3×3 kernel's taps, one kernel per output phase (row parity,
 column parity). So one 2×2 convolution with 4× the output channels, read back phase by phase,
 gives the same function with 4 instead of 9 multiply-adds per output value and no 4×-sized
-intermediate. On the CPU this made the two up-convolutions of x4plus 1.5-1.7× faster (AVX2 and
-AVX-512 alike), ~2 % of the whole model (bench/README.md). PyTorch has no such fused primitive.
+intermediate. On the CPU this made x4plus's up-convolution stages 1.8-2.1× faster (AVX-512 and
+AVX2), ~1.5 % of the whole model, below run-to-run noise (bench/fused_upconv.py). PyTorch has no
+such fused primitive.
 """
 from __future__ import annotations
 
