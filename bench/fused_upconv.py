@@ -16,18 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _common import alternating  # noqa: E402
 
 
 def best_of(fns: dict, x, rounds: int) -> dict[str, float]:
     best = {k: float("inf") for k in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t = time.perf_counter()
-            fns[name](x)
-            best[name] = min(best[name], time.perf_counter() - t)
+    for _rnd, name in alternating(list(fns), rounds):
+        t = time.perf_counter()
+        fns[name](x)
+        best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 

@@ -352,7 +352,6 @@ def main(argv: list[str] | None = None) -> int:
                 plan += [("ours", me, 0, "bf16", MODEL), ("ncnn", me, 0, "bf16", MODEL)]
             if "opencv" not in a.skip:
                 plan.append(("ours", me, -1, None, "fsrcnn-x4"))
-                sys.path.insert(0, str(ROOT))
                 from pipeline_lib.upscale.registry import MODELS
                 from pipeline_lib.upscale.weights import weights_available
                 if "edsr-x4" in MODELS and weights_available(MODELS["edsr-x4"]):

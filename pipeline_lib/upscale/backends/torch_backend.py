@@ -132,8 +132,8 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         dt = torch.float32
     module = desc.model.eval().to(device=dev, dtype=dt)
     # same function, less work; measured on CPUs only (bench/README.md), so only applied there
-    rewritten = (rewrite_nearest_upconv(module)
-                 if dev.type == "cpu" and desc.architecture.name == "ESRGAN" else 0)
+    fused_upconvs = (rewrite_nearest_upconv(module)
+                     if dev.type == "cpu" and desc.architecture.name == "ESRGAN" else 0)
     if dev.type in ("cuda", "cpu"):
         module = module.to(memory_format=torch.channels_last)
     if dev.type == "cuda":
@@ -190,4 +190,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         dtype=str(dt).replace("torch.", ""), default_tile=tile, batch=_auto_batch(desc, dev, dt, tile),
         default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
         release=release, info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
-              "compiled": compile, "fused_upconvs": rewritten})
+              "compiled": compile, "fused_upconvs": fused_upconvs})
