@@ -10,8 +10,8 @@ bits, bf16 7, so bf16 drifts further from the fp32 result over x4plus's 350 laye
     python bench/precision.py --device cuda
 
 Runs spandrel's plain module (no library rewrites) so only the number format differs. Ends with
-``summary: psnr_fp16_db=… psnr_bf16_db=… max_diff_fp16=… max_diff_bf16=…`` (lowest PSNR, largest
-difference over crops; differences in 8-bit levels).
+``summary: psnr_fp16_db=… psnr_bf16_db=… max_diff_fp16=… max_diff_bf16=…`` (lowest PSNR,
+largest difference over crops; differences in 8-bit levels; no bf16 on GPUs without it, e.g. a T4).
 """
 from __future__ import annotations
 
@@ -53,13 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(device=device, memory_format=torch.channels_last)
     # one copy per format made from the fp32 weights: casting one module back and forth would
     # leave fp32 holding rounded weights
-    models = {dt: copy.deepcopy(model).to(dt) for dt in (torch.float16, torch.bfloat16)}
+    formats = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        del formats["bf16"]  # pre-Ampere GPUs (P100, T4) have no bf16 convolutions
+    models = {dt: copy.deepcopy(model).to(dt) for dt in formats.values()}
     models[torch.float32] = model
     image = Image.open(ASSET).convert("RGB")
-    print(f"torch {torch.__version__} on {device}; x4plus on {size}² crops, outputs in 8-bit levels")
+    print(f"torch {torch.__version__} on {device}; x4plus on {size}² crops, "
+          "outputs in 8-bit levels")
 
     def run(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-        y = models[dtype](x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last))
+        x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        y = models[dtype](x)
         return (y.float().clamp_(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()
 
     worst = {}
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             crop = np.array(image.crop((left, top, left + size, top + size)))
             x = torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255)
             ref = run(x, torch.float32).astype(np.int16)
-            for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+            for name, dtype in formats.items():
                 out = run(x, dtype).astype(np.int16)
                 diff = np.abs(out - ref)
                 db, big = psnr(out, ref), float((diff > 1).mean())
@@ -78,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 w = worst.setdefault(name, [float("inf"), 0])
                 w[0], w[1] = min(w[0], db), max(w[1], int(diff.max()))
-    print(f"summary: psnr_fp16_db={worst['fp16'][0]:.1f} psnr_bf16_db={worst['bf16'][0]:.1f} "
-          f"max_diff_fp16={worst['fp16'][1]} max_diff_bf16={worst['bf16'][1]}")
+    print("summary: " + " ".join(f"psnr_{k}_db={v[0]:.1f}" for k, v in worst.items()) + " "
+          + " ".join(f"max_diff_{k}={v[1]}" for k, v in worst.items()))
     return 0
 
 
