@@ -4,6 +4,7 @@ orders per memory format / batch size; 1e-4 of full scale is < 0.03 of a uint8 l
 images identical or within one level; bf16 is the exception, checked by PSNR."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,82 @@ def test_x4plus_on_cpu_matches_spandrel():
     got = up.run(x)
     assert got.shape == want.shape == (1, 3, 96, 80)
     assert np.abs(got - want).max() < 1e-4
+
+
+# --- finishing on the device (Upscaler.run_whole): on a GPU by default; forced onto the CPU here
+# (the module, not the upscale() function that pipeline_lib.upscale also names)
+U = importlib.import_module("pipeline_lib.upscale")
+
+@pytest.fixture
+def whole_calls(up, monkeypatch):
+    """Let upscale() take run_whole on the CPU and count (and optionally fail) its calls."""
+    calls = {"n": 0, "fail": False}
+    real = up.run_whole
+
+    def spy(chw):
+        calls["n"] += 1
+        if calls["fail"]:
+            raise U.TileOutOfMemoryError("out of cuda memory on a test tile")
+        return real(chw)
+
+    monkeypatch.setattr(U, "FINISH_ON_DEVICE", frozenset({"cpu"}))
+    monkeypatch.setattr(up, "run_whole", spy)
+    return calls
+
+
+def _general(image, **kw):
+    return upscale(image, MODEL, backend="torch", device="cpu", progress=False, full_result=True,
+                   **kw)
+
+
+def test_run_whole_is_off_on_the_cpu_by_default(up):
+    assert up.run_whole is not None
+    assert "cpu" not in U.FINISH_ON_DEVICE and "cuda" in U.FINISH_ON_DEVICE
+
+
+def test_run_whole_gives_the_general_paths_bytes(small_photo, whole_calls):
+    arr = np.asarray(small_photo)
+    for image in (small_photo, arr):
+        whole_calls["n"] = 0
+        fast = _general(image, tile=0)
+        assert whole_calls["n"] == 1
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(U, "FINISH_ON_DEVICE", frozenset())
+            plain = _general(image, tile=0)
+        assert whole_calls["n"] == 1  # the general path did not call it
+        a, b = np.asarray(fast.image), np.asarray(plain.image)
+        assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape == (160, 192, 3)
+        assert np.array_equal(a, b)
+        assert type(fast.image) is type(image) and fast.tile == plain.tile == 0
+    # a tile that covers the image is one pass too
+    whole_calls["n"] = 0
+    assert _general(arr, tile=64).size == (192, 160) and whole_calls["n"] == 1
+
+
+def test_run_whole_only_for_untiled_one_pass_8bit_rgb(small_photo, whole_calls):
+    arr = np.asarray(small_photo)
+    rgba = np.dstack([arr, np.arange(arr.shape[0] * arr.shape[1], dtype=np.uint8)
+                      .reshape(arr.shape[:2])])
+    jobs = {
+        "tiled": dict(image=arr, tile=24),
+        "resized": dict(image=arr, scale=2, tile=0),
+        "two passes": dict(image=arr[:12, :12], scale=16, tile=0),
+        "rgba": dict(image=rgba, tile=0),
+        "gray": dict(image=arr[..., 0], tile=0),
+        "16-bit": dict(image=arr.astype(np.uint16) * 257, tile=0),
+    }
+    for name, kw in jobs.items():
+        res = _general(kw.pop("image"), **kw)
+        assert whole_calls["n"] == 0, name
+        assert res.image.dtype in (np.uint8, np.uint16), name
+
+
+def test_run_whole_out_of_memory_falls_back_to_the_tiler(small_photo, whole_calls):
+    arr = np.asarray(small_photo)
+    whole_calls["fail"] = True
+    res = _general(arr, tile=0)
+    assert whole_calls["n"] == 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(U, "FINISH_ON_DEVICE", frozenset())
+        plain = _general(arr, tile=0)
+    assert np.array_equal(res.image, plain.image)

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidParameterError, UnknownModelError, WeightsError
+from ..errors import (BackendUnavailableError, InvalidParameterError, TileOutOfMemoryError,
+                      UnknownModelError, WeightsError)
 from ..heap import reuse_freed_memory
 from ..images import ImageInput, read_image, to_output
 from .backends import BACKENDS, RUN_OPTIONS, Upscaler, backend_module
@@ -218,6 +219,13 @@ def clear_cache() -> None:
     gc.collect()
 
 
+# Device types where an untiled one-pass RGB job is finished on the device (Upscaler.run_whole):
+# a GPU then ships uint8 instead of float32 and the host skips the float → uint8 pass, ~70 ms at
+# 2048² on 2 cores, more than x4plus itself needs on a fast GPU. On the CPU the two paths cost
+# the same, so the general one stays.
+FINISH_ON_DEVICE = frozenset({"cuda"})
+
+
 def _to_float(arr: np.ndarray) -> np.ndarray:
     """H×W×C integer → C×H×W float32 in 0..1 (one pass, no float64 intermediate)."""
     scale = np.float32(1.0 / (65535.0 if arr.dtype == np.uint16 else 255.0))
@@ -279,6 +287,46 @@ def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: 
 
         chw, tile = run_with_backoff(run, chw, up.scale, tile, overlap, up.batch, bar, on_retry)
     return chw, tile
+
+
+def _whole_on_device(up: Upscaler, run, arr: np.ndarray, passes: int, tile: int,
+                     out_size: tuple[int, int]) -> bool:
+    """Whether ``up.run_whole`` can do the job: one untiled pass of an 8-bit RGB image to the
+    model's own output size, no per-call options, on a device where finishing there pays."""
+    h, w, channels = arr.shape
+    return (up.run_whole is not None and up.device.split(":")[0] in FINISH_ON_DEVICE
+            and run is up.run and passes == 1 and channels == 3 and arr.dtype == np.uint8
+            and (tile <= 0 or (tile >= h and tile >= w))
+            and out_size == (w * up.scale, h * up.scale))
+
+
+def _upscale_planes(up: Upscaler, run, arr: np.ndarray, color_c: int, alpha: np.ndarray | None,
+                    alpha_const: bool, passes: int, tile: int, overlap: int,
+                    out_size: tuple[int, int], bar) -> tuple[np.ndarray, int]:
+    """The general path: colour (and a varying alpha) through the tiler in float, resized to
+    ``out_size``, converted back to ``arr``'s integer type on the host."""
+    color = _to_float(arr[..., :color_c])
+    if color_c == 1:
+        color = np.repeat(color, 3, axis=0)
+    rgb, used_tile = _run_passes(up, color, passes, tile, overlap, bar, run)
+    del color
+    rgb = _resize(rgb, out_size)
+    if color_c == 1:
+        rgb = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), rgb, axes=1)[None]
+    planes = [rgb]
+    if alpha is not None:
+        if alpha_const:
+            planes.append(np.full((1, out_size[1], out_size[0]), alpha.flat[0] /
+                                  (65535.0 if arr.dtype == np.uint16 else 255.0), np.float32))
+        elif up.backend == "diffusion":
+            # a mask is no picture: a prompt-guided sampler would invent texture in it
+            planes.append(_resize(_to_float(alpha[..., None]), out_size))
+        else:
+            a = np.repeat(_to_float(alpha[..., None]), 3, axis=0)
+            a, used_tile = _run_passes(up, a, passes, used_tile, overlap, bar, run)
+            planes.append(_resize(a, out_size).mean(axis=0, keepdims=True))
+    chw = planes[0] if len(planes) == 1 else np.concatenate(planes, axis=0)
+    return _from_float(chw, arr.dtype), used_tile
 
 
 def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: float | None = None,
@@ -352,32 +400,20 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
 
     total = runs * count_tiles(h, w, use_tile, ov)  # first pass count; later passes refine it
     # reuse_freed_memory: see pipeline_lib/heap.py (page faults were 10-15 % of a CPU run)
+    out_arr = None
     with reuse_freed_memory(), tqdm(total=total, desc=f"upscale {up.name}", unit="tile",
                                     disable=not progress, leave=False) as bar:
-        color = _to_float(arr[..., :color_c])
-        if color_c == 1:
-            color = np.repeat(color, 3, axis=0)
-        rgb, used_tile = _run_passes(up, color, passes, use_tile, ov, bar, run)
-        del color
-        rgb = _resize(rgb, out_size)
-        if color_c == 1:
-            rgb = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), rgb, axes=1)[None]
-        planes = [rgb]
-        if has_alpha:
-            if alpha_const:
-                planes.append(np.full((1, out_size[1], out_size[0]), alpha.flat[0] /
-                                      (65535.0 if arr.dtype == np.uint16 else 255.0), np.float32))
-            elif up.backend == "diffusion":
-                # a mask is no picture: a prompt-guided sampler would invent texture in it
-                planes.append(_resize(_to_float(alpha[..., None]), out_size))
-            else:
-                a = np.repeat(_to_float(alpha[..., None]), 3, axis=0)
-                a, used_tile = _run_passes(up, a, passes, used_tile, ov, bar, run)
-                planes.append(_resize(a, out_size).mean(axis=0, keepdims=True))
+        if _whole_on_device(up, run, arr, passes, use_tile, out_size):
+            try:
+                out_arr, used_tile = up.run_whole(_to_float(arr)), use_tile
+                bar.update(1)
+            except TileOutOfMemoryError:
+                pass  # the tiled path below halves the tile until it fits
+        if out_arr is None:
+            out_arr, used_tile = _upscale_planes(up, run, arr, color_c, alpha, alpha_const,
+                                                 passes, use_tile, ov, out_size, bar)
         bar.total = bar.n
         bar.refresh()
-    chw = planes[0] if len(planes) == 1 else np.concatenate(planes, axis=0)
-    out_arr = _from_float(chw, arr.dtype)
     result = to_output(out_arr, meta)
     factor = out_size[0] / w
     res = UpscaleResult(result, up.name, up.backend, up.device, up.dtype, factor, out_size,

@@ -20,6 +20,9 @@ class Upscaler:
     ``run`` takes float32 ``N×3×h×w`` arrays in 0..1 and returns ``N×3×(h·scale)×(w·scale)``.
     ``run_options`` names the keyword arguments ``run`` accepts per call (e.g. a diffusion
     upscaler's prompt and seed); they are not part of the load cache key.
+    ``run_whole``, where a backend has it, runs one float32 ``3×h×w`` image in a single call and
+    returns the ``(h·scale)×(w·scale)×3`` uint8 image, converted on the device; ``upscale()``
+    uses it for untiled one-pass RGB jobs on devices listed in ``upscale.FINISH_ON_DEVICE``.
     """
 
     name: str
@@ -35,6 +38,7 @@ class Upscaler:
     release: Callable[[], None] = lambda: None
     info: dict[str, Any] = field(default_factory=dict)
     run_options: frozenset[str] = frozenset()
+    run_whole: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 # name → module path; modules import their heavy packages lazily, so listing costs nothing

@@ -143,8 +143,8 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     minimum, multiple = max(1, req.minimum), max(1, req.multiple_of)
     cuda = dev.type == "cuda"
 
-    @torch.inference_mode()
-    def run(batch: np.ndarray) -> np.ndarray:
+    def forward(batch: np.ndarray) -> torch.Tensor:
+        """The model on a float32 N×3×h×w batch; its output on the device, clamped to 0..1."""
         x = torch.from_numpy(batch)
         if cuda:  # page-locked staging makes the copy asynchronous and ~2× faster
             x = x.pin_memory()
@@ -169,15 +169,29 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
             raise TileOutOfMemoryError(f"out of {dev.type} memory on a {h}×{w} tile") from None
         if ph or pw:
             y = y[..., : h * desc.scale, : w * desc.scale]
-        y = y.clamp_(0, 1).float()
+        return y.clamp_(0, 1)
+
+    def to_host(y: torch.Tensor) -> np.ndarray:
         if not cuda:
             return y.cpu().numpy()
         # pinned host buffers come from torch's caching host allocator, so this costs no
         # cudaHostAlloc per tile; the returned array keeps its buffer alive
-        host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
         torch.cuda.current_stream(dev).synchronize()
         return host.numpy()
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return to_host(forward(batch).float())
+
+    @torch.inference_mode()
+    def run_whole(chw: np.ndarray) -> np.ndarray:
+        # the same sums as upscale()'s host-side conversion (fp32 ×255, +0.5, clip, truncate),
+        # so the bytes are identical; on a GPU this ships 1 byte per value instead of 4 and
+        # spares the host a pass over the full-size float image (~70 ms at 2048² on 2 cores)
+        y = forward(chw[None])[0].float().mul_(255.0).add_(0.5).clamp_(0, 255.0)
+        return to_host(y.to(torch.uint8).permute(1, 2, 0).contiguous())
 
     def release() -> None:
         module.to("cpu")
@@ -189,5 +203,6 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         name=name, backend="torch", scale=desc.scale, run=run, device=str(dev),
         dtype=str(dt).replace("torch.", ""), default_tile=tile, batch=_auto_batch(desc, dev, dt, tile),
         default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
-        release=release, info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
+        release=release, run_whole=run_whole,
+        info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
               "compiled": compile, "fused_upconvs": fused_upconvs})
