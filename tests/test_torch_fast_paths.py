@@ -168,8 +168,9 @@ def test_x4plus_on_cpu_matches_spandrel():
 U = importlib.import_module("pipeline_lib.upscale")
 
 @pytest.fixture
-def whole_calls(up, monkeypatch):
+def whole_calls(monkeypatch):
     """Let upscale() take run_whole on the CPU and count (and optionally fail) its calls."""
+    up = load_upscaler(MODEL, device="cpu", backend="torch", progress=False)  # what upscale() gets
     calls = {"n": 0, "fail": False}
     real = up.run_whole
 
