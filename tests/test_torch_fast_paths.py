@@ -167,6 +167,7 @@ def test_x4plus_on_cpu_matches_spandrel():
 # (the module, not the upscale() function that pipeline_lib.upscale also names)
 U = importlib.import_module("pipeline_lib.upscale")
 
+
 @pytest.fixture
 def whole_calls(monkeypatch):
     """Let upscale() take run_whole on the CPU and count (and optionally fail) its calls."""
@@ -185,7 +186,7 @@ def whole_calls(monkeypatch):
     return calls
 
 
-def _general(image, **kw):
+def _run(image, **kw):
     return upscale(image, MODEL, backend="torch", device="cpu", progress=False, full_result=True,
                    **kw)
 
@@ -199,11 +200,11 @@ def test_run_whole_gives_the_general_paths_bytes(small_photo, whole_calls):
     arr = np.asarray(small_photo)
     for image in (small_photo, arr):
         whole_calls["n"] = 0
-        fast = _general(image, tile=0)
+        fast = _run(image, tile=0)
         assert whole_calls["n"] == 1
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(U, "FINISH_ON_DEVICE", frozenset())
-            plain = _general(image, tile=0)
+            plain = _run(image, tile=0)
         assert whole_calls["n"] == 1  # the general path did not call it
         a, b = np.asarray(fast.image), np.asarray(plain.image)
         assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape == (160, 192, 3)
@@ -211,7 +212,7 @@ def test_run_whole_gives_the_general_paths_bytes(small_photo, whole_calls):
         assert type(fast.image) is type(image) and fast.tile == plain.tile == 0
     # a tile that covers the image is one pass too
     whole_calls["n"] = 0
-    assert _general(arr, tile=64).size == (192, 160) and whole_calls["n"] == 1
+    assert _run(arr, tile=64).size == (192, 160) and whole_calls["n"] == 1
 
 
 def test_run_whole_only_for_untiled_one_pass_8bit_rgb(small_photo, whole_calls):
@@ -227,7 +228,7 @@ def test_run_whole_only_for_untiled_one_pass_8bit_rgb(small_photo, whole_calls):
         "16-bit": dict(image=arr.astype(np.uint16) * 257, tile=0),
     }
     for name, kw in jobs.items():
-        res = _general(kw.pop("image"), **kw)
+        res = _run(kw.pop("image"), **kw)
         assert whole_calls["n"] == 0, name
         assert res.image.dtype in (np.uint8, np.uint16), name
 
@@ -235,9 +236,9 @@ def test_run_whole_only_for_untiled_one_pass_8bit_rgb(small_photo, whole_calls):
 def test_run_whole_out_of_memory_falls_back_to_the_tiler(small_photo, whole_calls):
     arr = np.asarray(small_photo)
     whole_calls["fail"] = True
-    res = _general(arr, tile=0)
+    res = _run(arr, tile=0)
     assert whole_calls["n"] == 1
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(U, "FINISH_ON_DEVICE", frozenset())
-        plain = _general(arr, tile=0)
+        plain = _run(arr, tile=0)
     assert np.array_equal(res.image, plain.image)

@@ -25,7 +25,7 @@ from ..images import ImageInput, read_image, to_output
 from .backends import BACKENDS, RUN_OPTIONS, Upscaler, backend_module
 from .registry import MODELS, ModelSpec, get_spec
 from .sizing import SizeArg, check_canvas, passes_needed, target_size
-from .tiling import check_tiling, count_tiles, run_with_backoff
+from .tiling import check_tiling, count_tiles, one_call, run_with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def _whole_on_device(up: Upscaler, run, arr: np.ndarray, passes: int, tile: int,
     h, w, channels = arr.shape
     return (up.run_whole is not None and up.device.split(":")[0] in FINISH_ON_DEVICE
             and run is up.run and passes == 1 and channels == 3 and arr.dtype == np.uint8
-            and (tile <= 0 or (tile >= h and tile >= w))
+            and one_call(h, w, tile)
             and out_size == (w * up.scale, h * up.scale))
 
 

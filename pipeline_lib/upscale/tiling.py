@@ -48,8 +48,13 @@ def effective_overlap(tile: int, overlap: int) -> int:
     return min(overlap, max(tile // 2 - 1, 0))
 
 
+def one_call(h: int, w: int, tile: int) -> bool:
+    """Whether an ``h``×``w`` image runs in one call: no tiling, or a tile covering it."""
+    return tile <= 0 or (tile >= h and tile >= w)
+
+
 def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
-    if tile <= 0:
+    if one_call(h, w, tile):
         return 1
     overlap = effective_overlap(tile, overlap)
     return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])
@@ -87,7 +92,7 @@ def run_tiled(fn: TileFn, image: np.ndarray, scale: int, tile: int, overlap: int
     ``tile=0`` (or a tile not smaller than the image) runs the image in one call.
     """
     _, h, w = image.shape
-    if tile <= 0 or (tile >= h and tile >= w):
+    if one_call(h, w, tile):
         out = fn(image[None])[0]
         if progress is not None:
             progress.update(1)
