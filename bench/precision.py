@@ -1,17 +1,18 @@
 """What each reduced precision costs in pixels: Real-ESRGAN x4plus in fp16 and bf16 against fp32,
 same weights, same crops of assets/astronaut.png, outputs rounded to 8 bits as saved images are.
 
-This is why the library's defaults are what they are: fp16 is the default on a GPU, while bf16
-(2× faster on CPUs with native bf16, bench/upscale.py) stays opt-in there. fp16 keeps 10 mantissa
-bits, bf16 7, so bf16 drifts further from the fp32 result over x4plus's 350 layers.
+This is why the library's formats are what they are: fp16 is the default on a GPU; on a CPU,
+``dtype="bf16"`` (opt-in, 3-4× faster where AMX computes it, bench/upscale.py) keeps the residual
+sums in fp32 around bf16 convolutions (row ``bf16_fp32_trunk``), because with 8 significant bits
+against fp16's 11 the whole-bf16 model drifts further over x4plus's 69 residual sums.
 
     python bench/precision.py                 # three 128² crops on the default device
     python bench/precision.py --quick         # three 64² crops (CPU fp16 is emulated: slow)
     python bench/precision.py --device cuda
 
-Runs spandrel's plain module (no library rewrites) so only the number format differs. Ends with
-``summary: psnr_fp16_db=… psnr_bf16_db=… max_diff_fp16=… max_diff_bf16=…`` (lowest PSNR,
-largest difference over crops; differences in 8-bit levels; no bf16 on GPUs without it, e.g. a T4).
+Runs spandrel's plain module (no other library rewrites) so only the number formats differ. Ends
+with ``summary: psnr_fp16_db=… psnr_bf16_db=… … max_diff_fp16=… …`` (lowest PSNR, largest
+difference over crops; differences in 8-bit levels; no bf16 on GPUs without it, e.g. a T4).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from spandrel import ModelLoader
 
     import pipeline_lib  # noqa: F401  (huge pages for torch's CPU tensors, as in real runs)
+    from pipeline_lib.upscale.backends.mixed_bf16 import bf16_with_fp32_trunk
     from pipeline_lib.upscale.backends.torch_backend import load_state_dict
     from pipeline_lib.upscale.registry import MODELS
     from pipeline_lib.upscale.weights import converted_from_ncnn
@@ -52,19 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         load_state_dict(converted_from_ncnn(MODELS["realesrgan-x4plus"]))).model.eval()
     model = model.to(device=device, memory_format=torch.channels_last)
     # one copy per format made from the fp32 weights: casting one module back and forth would
-    # leave fp32 holding rounded weights
-    formats = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        del formats["bf16"]  # pre-Ampere GPUs (P100, T4) have no bf16 convolutions
-    models = {dt: copy.deepcopy(model).to(dt) for dt in formats.values()}
-    models[torch.float32] = model
+    # leave fp32 holding rounded weights. Each: (model, dtype its input takes)
+    formats = {"fp16": (copy.deepcopy(model).to(torch.float16), torch.float16)}
+    if device.type == "cpu" or torch.cuda.is_bf16_supported():  # P100, T4: no bf16 convolutions
+        formats["bf16"] = (copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16)
+    if device.type == "cpu":  # what dtype="bf16" runs on a CPU: bf16 convolutions, fp32 sums
+        mixed = copy.deepcopy(model)
+        assert bf16_with_fp32_trunk(mixed)
+        formats["bf16_fp32_trunk"] = (mixed.to(memory_format=torch.channels_last), torch.float32)
     image = Image.open(ASSET).convert("RGB")
     print(f"torch {torch.__version__} on {device}; x4plus on {size}² crops, "
           "outputs in 8-bit levels")
 
-    def run(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    def run(x: torch.Tensor, net, dtype: torch.dtype) -> np.ndarray:
         x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        y = models[dtype](x)
+        y = net(x)
         return (y.float().clamp_(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()
 
     worst = {}
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         for left, top in CORNERS:
             crop = np.array(image.crop((left, top, left + size, top + size)))
             x = torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255)
-            ref = run(x, torch.float32).astype(np.int16)
-            for name, dtype in formats.items():
-                out = run(x, dtype).astype(np.int16)
+            ref = run(x, model, torch.float32).astype(np.int16)
+            for name, (net, dtype) in formats.items():
+                out = run(x, net, dtype).astype(np.int16)
                 diff = np.abs(out - ref)
                 db, big = psnr(out, ref), float((diff > 1).mean())
                 print(f"| ({left}, {top}) | {name} | {db:.1f} | {int(diff.max())} | {big:.3%} |",

@@ -134,7 +134,18 @@ def test_missing_contrib_module_says_what_to_install(monkeypatch):
     clear_cache()
     with pytest.raises(BackendUnavailableError,
                        match=r"pip uninstall -y opencv-python opencv-python-headless && "
-                             r"pip install --force-reinstall opencv-contrib-python-headless"):
+                             r"pip install --force-reinstall 'opencv-contrib-python-headless<5'"):
+        upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
+
+
+def test_opencv_without_tensorflow_importer_says_what_to_install(monkeypatch):
+    """OpenCV 5 has dnn_superres but no TensorFlow importer, so no .pb model loads: say so,
+    instead of calling the (intact) model file damaged."""
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)
+    clear_cache()
+    with pytest.raises(BackendUnavailableError,
+                       match=r"OpenCV 5 dropped the TensorFlow \(\.pb\) importer.*"
+                             r"'opencv-contrib-python-headless<5'"):
         upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
 
 

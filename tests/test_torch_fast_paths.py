@@ -91,11 +91,21 @@ def test_native_bf16_read_from_cpu_flags(text, native):
     assert cpu_has_native_bf16(text) is native
 
 
-def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog):
-    """dtype='bf16' runs in bf16 on CPUs that compute it natively (forced here, so the path runs
-    on any CPU) and falls back to fp32, with a warning, on CPUs that would emulate it."""
+@pytest.fixture
+def fresh_upscaler_cache():
+    """Cached upscalers built under a patched ``supports_bf16`` must not outlive the test, even
+    when it fails half-way."""
     from pipeline_lib.upscale import clear_cache
 
+    clear_cache()
+    yield clear_cache
+    clear_cache()
+
+
+def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upscaler_cache):
+    """dtype='bf16' runs in bf16 on CPUs that compute it natively (forced here, so the path runs
+    on any CPU) and falls back to fp32, with a warning, on CPUs that would emulate it."""
+    clear_cache = fresh_upscaler_cache
     arr = np.asarray(small_photo)[:24, :24]
     ref = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
@@ -115,7 +125,6 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog):
     assert res.dtype == "float32"
     assert "bf16 has no native support" in caplog.text
     assert np.array_equal(np.asarray(res.image), ref)
-    clear_cache()
 
 
 @pytest.mark.parametrize("kw, swapped", [
@@ -161,6 +170,85 @@ def test_x4plus_on_cpu_matches_spandrel():
     got = up.run(x)
     assert got.shape == want.shape == (1, 3, 96, 80)
     assert np.abs(got - want).max() < 1e-4
+
+
+# --- dtype="bf16" on a CPU with ESRGAN: bf16 convolutions around an fp32 residual trunk
+
+@pytest.mark.parametrize("kw", [
+    dict(num_blocks=2, scale=4),
+    dict(num_blocks=2, scale=4, plus=True),                 # ESRGAN+ dense blocks
+    dict(num_blocks=1, scale=2, shuffle_factor=2, in_nc=12),  # x2plus layout
+    dict(num_blocks=1, scale=1),                            # no upsampling stage
+    dict(num_blocks=1, scale=4, upsampler="pixel_shuffle"),
+])
+def test_fp32_trunk_rewrite_computes_spandrels_function(kw):
+    """With fp32 as the 'reduced' format the rewritten model must be spandrel's model exactly:
+    this pins the restated dense-block arithmetic to spandrel's."""
+    import copy
+
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from pipeline_lib.upscale.backends.mixed_bf16 import DenseBlockFp32Sum, bf16_with_fp32_trunk
+
+    torch.manual_seed(0)
+    plain = ESRGAN(**kw).eval()
+    for block in plain.modules():  # non-zero ESRGAN+ 1×1 convs, so their branch is exercised
+        if getattr(block, "conv1x1", None) is not None:
+            torch.nn.init.normal_(block.conv1x1.weight, std=0.05)
+    mixed = copy.deepcopy(plain)
+    assert bf16_with_fp32_trunk(mixed, torch.float32)
+    assert sum(isinstance(m, DenseBlockFp32Sum) for m in mixed.modules()) == 3 * kw["num_blocks"]
+    x = torch.rand(1, 3, 16, 12)
+    with torch.inference_mode():
+        a, b = plain(x), mixed(x)
+    assert a.shape == b.shape
+    assert torch.equal(a, b)
+
+
+def test_fp32_trunk_rewrite_leaves_other_layouts_alone():
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from pipeline_lib.upscale.backends.mixed_bf16 import bf16_with_fp32_trunk
+
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1))
+    before = [p.clone() for p in other.parameters()]
+    assert not bf16_with_fp32_trunk(other)
+    assert all(p.dtype == torch.float32 and torch.equal(p, q)
+               for p, q in zip(other.parameters(), before))
+    net = ESRGAN(num_blocks=1, scale=4).eval()
+    assert bf16_with_fp32_trunk(net)
+    first, last = net.model[0], net.model[-1]
+    assert first.weight.dtype == last.weight.dtype == torch.float32   # image in, image out: fp32
+    convs = [m for m in net.model[1].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {c.weight.dtype for c in convs[:-1]} == {torch.bfloat16}   # the dense blocks
+    assert convs[-1].weight.dtype == torch.float32                     # the trunk's closing conv
+
+
+def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, small_photo,
+                                                                 fresh_upscaler_cache):
+    """The real x4plus weights: dtype='bf16' on a CPU (bf16 forced as native so this runs on any
+    CPU) takes the fp32-trunk path, which lands nearer the fp32 image than casting the whole
+    model would; both stay visually equal (PSNR well above 40 dB)."""
+    clear_cache = fresh_upscaler_cache
+    arr = np.asarray(small_photo)[8:40, 8:40]
+    ref = np.asarray(upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", tile=0,
+                             progress=False)).astype(np.int16)
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
+    outs = {}
+    for trunk in (True, False):
+        if not trunk:
+            monkeypatch.setattr(torch_backend, "bf16_with_fp32_trunk", lambda m: False)
+        clear_cache()
+        res = upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", dtype="bf16",
+                      tile=0, progress=False, full_result=True)
+        assert res.dtype == "bfloat16"
+        assert load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", dtype="bf16",
+                             progress=False).info["fp32_trunk"] is trunk
+        outs[trunk] = np.asarray(res.image).astype(np.int16)
+        assert outs[trunk].shape == ref.shape == (128, 128, 3)
+    mixed, whole = psnr(outs[True], ref), psnr(outs[False], ref)
+    assert 45.0 < whole < mixed < float("inf")
+    assert np.abs(outs[True] - ref).max() <= np.abs(outs[False] - ref).max()
 
 
 # --- finishing on the device (Upscaler.run_whole): on a GPU by default; forced onto the CPU here

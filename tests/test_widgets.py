@@ -80,7 +80,10 @@ def test_generate_upscale_save(ui, tmp_path):
 
         again = generate(**pl.read_metadata(p), progress=False)[0].image
         orig = ui.results[seed - 7].original
-        assert np.array_equal(np.asarray(again), np.asarray(orig))
+        # the app made both in one batch, this one alone: batched matmuls may round the last
+        # bit differently on some CPUs (seen: one value of 12288 one level off), never more
+        diff = np.abs(np.asarray(again, np.int16) - np.asarray(orig, np.int16))
+        assert again.size == orig.size and diff.max() <= 1 and (diff > 0).mean() < 0.01
     before = first[0].read_bytes()
     ui.save_button.click()  # a second save gets new names and leaves the first files alone
     second = ui.saved[2:]

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 BUNDLED_DIR: Path = Path(str(resources.files("pipeline_lib") / "data" / "dnn_superres"))
 
 CONTRIB_FIX = ("pip uninstall -y opencv-python opencv-python-headless && "
-               "pip install --force-reinstall opencv-contrib-python-headless")
+               "pip install --force-reinstall 'opencv-contrib-python-headless<5'")
 
 # Input tile (px) per algorithm. EDSR keeps ~64-256 float32 feature maps at input resolution and a
 # 3·s²-channel map before its pixel shuffle: a 512² input needs well over 1 GB at once, 256² about
@@ -50,6 +50,13 @@ def require_superres():
             "modules (the plain opencv-python / opencv-python-headless package, which shadows the "
             f"contrib build because both install 'cv2'). Fix: {CONTRIB_FIX} — then restart Python "
             "(on Colab: Runtime → Restart session).")
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        # OpenCV 5 removed the TensorFlow importer; every dnn_superres model is a TensorFlow .pb
+        raise BackendUnavailableError(
+            f"OpenCV {cv2.__version__} cannot read dnn_superres models: OpenCV 5 dropped the "
+            "TensorFlow (.pb) importer they need. Fix: pip install --force-reinstall "
+            "'opencv-contrib-python-headless<5' — then restart Python (on Colab: Runtime → "
+            "Restart session).")
     return cv2
 
 
