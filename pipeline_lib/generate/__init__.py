@@ -138,7 +138,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     ``.safetensors`` file; unset ``steps``/``guidance``/size/``scheduler``/``negative_prompt``
     come from the preset. Sizes are rounded to the model's multiple (8, SDXL 64) with a warning.
     ``seed=None`` picks one; image *i* uses ``seed + i``, so any image of a batch can be re-made
-    alone (batched matmuls may round a last bit differently: a level off on a few values). ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py). ``dtype`` None is
+    alone (batched matmuls may round a last bit differently: a level off on a few values).
+    ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py). ``dtype`` None is
     fp16 on a GPU and fp32 on a CPU; 'bf16' needs native bf16 (Ampere+ GPU; CPU with AVX512-BF16,
     AMX or Arm BF16, where it is ~2× faster than fp32 and changes pixels slightly).
     ``output_type="latent"`` skips the VAE decode: each ``image`` is then the 4×h/8×w/8 latent

@@ -1,16 +1,17 @@
 """bf16 convolutions around an fp32 residual trunk, for ESRGAN-family models on the CPU.
 
 Casting x4plus whole to bf16 runs its 350 convolutions on the CPU's bf16 units (AMX or
-AVX512-BF16), 4× faster than fp32 on an AMX host, but also rounds the 64-channel trunk that 69
-residual dense blocks keep adding to: bf16's 8 significant bits lose a little at every sum, and the
-output drifts to ~53 dB against fp32 (max 5 of 255 levels). The convolutions themselves tolerate
+AVX512-BF16), 3-4× faster than fp32 on an AMX host, but also rounds the 64-channel trunk that 69
+residual dense blocks keep adding to: bf16's 8 significant bits lose a little at every sum, and
+the output drifts to ~53 dB against fp32 (up to 6 of 255 levels off). The convolutions tolerate
 bf16 well; it is the running sums that do not. So here every dense block reads its input rounded
 to bf16, computes its five convolutions in bf16, and adds its update to the trunk in fp32; the
-trunk, the first convolution and the output convolution stay fp32, while the upsampling stages run
-in bf16. Measured on three 128² crops on an AMX host (bench/precision.py): 55.7-56.9 dB against
-fp32 and at most 3 levels off on 0.003-0.018 % of values (whole-model bf16: 53.2-54.4 dB, up to 6
-levels, 0.1-0.6 %), at ~7 % more time than whole-model bf16. Keeping the upsampling stages in
-fp32 as well gained ~2 dB more for ~15 % more time; they run at 4× the pixels, so they stay bf16.
+trunk, the first convolution and the output convolution stay fp32, while the upsampling stages
+run in bf16. Measured on three 128² crops on an AMX host (bench/precision.py): 55.7-56.9 dB
+against fp32, at most 3 levels off on 0.003-0.018 % of values (whole-model bf16: 53.2-54.4 dB,
+up to 6 levels, 0.1-0.6 %), as fast as whole-model bf16 to within run-to-run noise
+(bench/upscale.py). Keeping the upsampling stages in fp32 as well gained ~2 dB more for ~15 %
+more time; they run at 4× the pixels, so they stay bf16.
 
 spandrel's ``ResidualDenseBlock_5C.forward`` adds the residual in the dtype of its weights, so the
 block's arithmetic is restated in :func:`_dense_update` (the same sums, spandrel's ESRGAN+ branch

@@ -137,7 +137,7 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     # Before any cast, so the fused kernels are summed from the fp32 weights.
     fused_upconvs = rewrite_nearest_upconv(module) if esrgan_on_cpu else 0
     # bf16 convolutions, fp32 residual sums: 55.7-56.9 dB against fp32 instead of 53.2-54.4 for
-    # the whole model in bf16, ~7 % slower than it (bench/precision.py); measured on CPUs only
+    # the whole model in bf16, as fast within noise (bench/README.md); measured on CPUs only
     fp32_trunk = dt == torch.bfloat16 and esrgan_on_cpu and bf16_with_fp32_trunk(module)
     if not fp32_trunk:
         module = module.to(dtype=dt)
