@@ -141,7 +141,7 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | 
     alone (batched matmuls may round a last bit differently: a level off on a few values).
     ``memory`` is 'auto', 'fast', 'balanced' or 'low' (see memory.py). ``dtype`` None is
     fp16 on a GPU and fp32 on a CPU; 'bf16' needs native bf16 (Ampere+ GPU; CPU with AVX512-BF16,
-    AMX or Arm BF16, where it is 2-3× faster than fp32 and changes pixels slightly).
+    AMX or Arm BF16, where it is 1.75-3× faster than fp32 and changes pixels slightly).
     ``output_type="latent"`` skips the VAE decode: each ``image`` is then the 4×h/8×w/8 latent
     tensor (for a latent upscaler such as sd-x2-latent). ``channels_last`` / ``fuse_qkv``
     (None: on for CUDA, off on CPU) and ``compile=True`` (UNet ``torch.compile``; None reads
