@@ -41,7 +41,7 @@ def require_superres():
         import cv2
     except ImportError as exc:
         raise BackendUnavailableError(f"the opencv backend needs OpenCV with contrib modules ({exc}): "
-                                      "pip install opencv-contrib-python-headless") from None
+                                      "pip install 'opencv-contrib-python-headless<5'") from None
     if getattr(cv2, "dnn_superres", None) is None:
         # opencv-python and opencv-contrib-python(-headless) all install the same cv2 package;
         # whichever was installed last wins, and the plain ones lack dnn_superres.
