@@ -127,6 +127,26 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upsc
     assert np.array_equal(np.asarray(res.image), ref)
 
 
+def test_native_bf16_cpu_hints_at_bf16_only_for_the_default(monkeypatch, caplog,
+                                                            fresh_upscaler_cache):
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
+    hint = "this CPU computes bf16 natively"
+    with caplog.at_level("INFO", logger="pipeline_lib"):
+        up = load_upscaler(MODEL, device="cpu", backend="torch", progress=False)
+    assert up.dtype == "float32" and hint in caplog.text
+    caplog.clear()
+    fresh_upscaler_cache()
+    with caplog.at_level("INFO", logger="pipeline_lib"):
+        load_upscaler(MODEL, device="cpu", backend="torch", dtype="fp32", progress=False)
+    assert "loaded upscaler" in caplog.text  # a real load, not a cache hit
+    assert hint not in caplog.text  # fp32 asked for: no advice
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: False)
+    fresh_upscaler_cache()
+    with caplog.at_level("INFO", logger="pipeline_lib"):
+        load_upscaler(MODEL, device="cpu", backend="torch", progress=False)
+    assert hint not in caplog.text  # emulated bf16 would be slower: no advice
+
+
 @pytest.mark.parametrize("kw, swapped", [
     (dict(num_blocks=1, scale=4), 2),
     (dict(num_blocks=1, scale=2, shuffle_factor=2, in_nc=12), 1),

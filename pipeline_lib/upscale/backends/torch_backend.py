@@ -131,6 +131,10 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     if dt == torch.bfloat16 and not (desc.supports_bfloat16 and supports_bf16(dev)):
         log.warning("bf16 has no native support for %s on %s; using fp32", name, dev)
         dt = torch.float32
+    elif (dtype is None and dev.type == "cpu" and desc.supports_bfloat16
+          and supports_bf16(dev)):  # once per process: loads are cached
+        log.info("this CPU computes bf16 natively: dtype='bf16' (--dtype bf16) ran x4plus 2-4× "
+                 "faster than the fp32 default, at ~55 dB against it (bench/README.md)")
     module = desc.model.eval().to(device=dev)
     esrgan_on_cpu = dev.type == "cpu" and desc.architecture.name == "ESRGAN"
     # same function, less work; measured on CPUs only (bench/README.md), so only applied there.
