@@ -135,7 +135,7 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
           and supports_bf16(dev)):  # once per process: loads are cached
         log.info("this CPU computes bf16 natively: dtype='bf16' (--dtype bf16) ran x4plus 2-4× "
                  "faster than the fp32 default, at ~55 dB against it (bench/README.md)")
-    module = desc.model.eval().to(device=dev)
+    module = desc.model.eval()  # still on the host: rewrite, then cast and move once
     esrgan_on_cpu = dev.type == "cpu" and desc.architecture.name == "ESRGAN"
     # same function, less work; measured on CPUs only (bench/README.md), so only applied there.
     # Before any cast, so the fused kernels are summed from the fp32 weights.
@@ -143,8 +143,7 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     # bf16 convolutions, fp32 residual sums: 55.7-56.9 dB against fp32 instead of 53.2-54.4 for
     # the whole model in bf16, as fast within noise (bench/README.md); measured on CPUs only
     fp32_trunk = dt == torch.bfloat16 and esrgan_on_cpu and bf16_with_fp32_trunk(module)
-    if not fp32_trunk:
-        module = module.to(dtype=dt)
+    module = module.to(device=dev, dtype=None if fp32_trunk else dt)
     in_dt = torch.float32 if fp32_trunk else dt  # the dtype the model's first layer takes
     if dev.type in ("cuda", "cpu"):
         module = module.to(memory_format=torch.channels_last)
