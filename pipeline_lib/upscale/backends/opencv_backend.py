@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 # it at a damaged copy.
 BUNDLED_DIR: Path = Path(str(resources.files("pipeline_lib") / "data" / "dnn_superres"))
 
+# OpenCV 4 only: 5.0 dropped the TensorFlow importer every dnn_superres .pb needs
+CONTRIB_PACKAGE = "'opencv-contrib-python-headless<5'"
 CONTRIB_FIX = ("pip uninstall -y opencv-python opencv-python-headless && "
-               "pip install --force-reinstall 'opencv-contrib-python-headless<5'")
+               f"pip install --force-reinstall {CONTRIB_PACKAGE}")
 
 # Input tile (px) per algorithm. EDSR keeps ~64-256 float32 feature maps at input resolution and a
 # 3·s²-channel map before its pixel shuffle: a 512² input needs well over 1 GB at once, 256² about
@@ -41,7 +43,7 @@ def require_superres():
         import cv2
     except ImportError as exc:
         raise BackendUnavailableError(f"the opencv backend needs OpenCV with contrib modules ({exc}): "
-                                      "pip install 'opencv-contrib-python-headless<5'") from None
+                                      f"pip install {CONTRIB_PACKAGE}") from None
     if getattr(cv2, "dnn_superres", None) is None:
         # opencv-python and opencv-contrib-python(-headless) all install the same cv2 package;
         # whichever was installed last wins, and the plain ones lack dnn_superres.
@@ -51,12 +53,10 @@ def require_superres():
             f"contrib build because both install 'cv2'). Fix: {CONTRIB_FIX} — then restart Python "
             "(on Colab: Runtime → Restart session).")
     if not hasattr(cv2.dnn, "readNetFromTensorflow"):
-        # OpenCV 5 removed the TensorFlow importer; every dnn_superres model is a TensorFlow .pb
         raise BackendUnavailableError(
             f"OpenCV {cv2.__version__} cannot read dnn_superres models: OpenCV 5 dropped the "
-            "TensorFlow (.pb) importer they need. Fix: pip install --force-reinstall "
-            "'opencv-contrib-python-headless<5' — then restart Python (on Colab: Runtime → "
-            "Restart session).")
+            f"TensorFlow (.pb) importer they need. Fix: pip install --force-reinstall "
+            f"{CONTRIB_PACKAGE} — then restart Python (on Colab: Runtime → Restart session).")
     return cv2
 
 
