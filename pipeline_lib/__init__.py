@@ -13,7 +13,7 @@ from .errors import (BackendUnavailableError, GenerationOutOfMemoryError, ImageR
                      ImageTooLargeError, InvalidParameterError, OutputExistsError, PipelineError,
                      TileOutOfMemoryError, UnknownModelError, WeightsError)
 from .images import read_image, save_image
-from .upscale import (UpscaleResult, clear_cache, list_upscalers, load_upscaler, upscale)
+from .upscale import (UpscaleResult, unload_upscalers, list_upscalers, load_upscaler, upscale)
 from .media import upscale_file
 
 __version__ = "0.1.0"
@@ -47,7 +47,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "upscale", "upscale_file", "load_upscaler", "list_upscalers", "clear_cache", "UpscaleResult",
+    "upscale", "upscale_file", "load_upscaler", "list_upscalers", "unload_upscalers", "UpscaleResult",
     "save_image", "read_image",
     "generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
     "list_presets", "register_preset", "size_for_aspect", "Preset",

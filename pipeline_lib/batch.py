@@ -31,6 +31,9 @@ from typing import Any
 
 from .errors import InvalidParameterError, OutputExistsError
 
+__all__ = ["JOB_TYPES", "Job", "BatchReport", "parse_job", "read_jobs", "record_path", "run_job",
+           "run_batch"]
+
 log = logging.getLogger(__name__)
 
 JOB_TYPES = ("generate", "upscale")

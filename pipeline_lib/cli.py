@@ -13,6 +13,8 @@ import sys
 from . import __version__
 from .errors import PipelineError
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 COMMANDS = {
     "upscale": "Upscale images (files or folders) with Real-ESRGAN and friends.",
     "generate": "Generate photoreal images from a prompt (optionally upscaled to 2048+).",

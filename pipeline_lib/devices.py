@@ -6,6 +6,8 @@ import re
 
 from .errors import InvalidParameterError
 
+__all__ = ["resolve_device", "resolve_dtype", "supports_bf16", "cpu_has_native_bf16", "free_memory"]
+
 _DEVICE = re.compile(r"^(cpu|mps|cuda)(?::(\d+))?$")
 
 

@@ -5,6 +5,10 @@ All errors derive from :class:`PipelineError`; the ones about bad arguments also
 """
 from __future__ import annotations
 
+__all__ = ["PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
+           "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
+           "OutputExistsError", "GenerationOutOfMemoryError"]
+
 
 class PipelineError(Exception):
     """Base class of every error pipeline_lib raises on purpose."""

@@ -19,6 +19,8 @@ import logging
 import threading
 from typing import Callable
 
+__all__ = ["register_gpu_evictor", "unregister_gpu_evictor", "evict_gpu_models"]
+
 log = logging.getLogger(__name__)
 
 #: An evictor gets the reason and moves its models off the GPU; it returns a truthy description

@@ -29,6 +29,8 @@ import platform
 import threading
 from typing import Iterator
 
+__all__ = ["reuse_freed_memory"]
+
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

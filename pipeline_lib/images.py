@@ -23,6 +23,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError,
                      OutputExistsError)
 
+__all__ = ["DEFAULT_MAX_INPUT_PIXELS", "env_int", "max_input_pixels", "ImageMeta", "read_image",
+           "to_output", "encode_image", "atomic_write", "publish_file", "save_image"]
+
 log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]

@@ -22,8 +22,10 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError,
                      InvalidParameterError, OutputExistsError, PipelineError)
 from .images import atomic_write, max_input_pixels, publish_file, save_image
-from .upscale import DEFAULT_MODEL, upscale
+from .upscale import DEFAULT_UPSCALER, upscale
 from .upscale.sizing import max_output_pixels
+
+__all__ = ["VIDEO_SUFFIXES", "ANIMATED_SUFFIXES", "media_kind", "upscale_file"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def media_kind(path: str | os.PathLike) -> str:
     return "still"
 
 
-def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str = DEFAULT_MODEL,
+def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str = DEFAULT_UPSCALER,
                  scale: float | None = None, size=None, overwrite: bool = False,
                  progress: bool = True, **upscale_kwargs) -> Path:
     """Upscale the image, animation or video at ``path`` into ``out``; return ``out``.

@@ -21,6 +21,8 @@ from typing import Any
 
 from .errors import ImageReadError
 
+__all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata"]
+
 #: Keys ``generate()`` accepts; ``read_metadata`` returns only these unless ``extra=True``.
 GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
                  "model", "scheduler")

@@ -33,12 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError, PipelineError,
                      TileOutOfMemoryError, UnknownModelError)
 from .images import encode_image, read_image
-from .upscale import (DEFAULT_MODEL, _choose_backend, _resolve_target, list_upscalers,
+from .upscale import (DEFAULT_UPSCALER, choose_backend, resolve_model, list_upscalers,
                       load_upscaler, upscale)
 from .upscale.backends import RUN_OPTIONS
 from .upscale.registry import MODELS, ModelSpec
 from .upscale.sizing import check_scale, parse_size, target_size, working_canvas
 from .upscale.tiling import check_tiling
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerLimits", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class _Job:
     seeds: list[int] = field(default_factory=list)  # per image, filled for sampling upscalers
 
 
-def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
+def create_app(model: str = DEFAULT_UPSCALER, device: str | None = None,
                limits: ServerLimits | None = None, *, dtype: str | None = None,
                backend: str = "auto", **upscale_opts) -> FastAPI:
     """Build the FastAPI app serving one upscaler (loaded at start-up, once).
@@ -212,8 +214,8 @@ def create_app(model: str = DEFAULT_MODEL, device: str | None = None,
     'loading'
     """
     limits = limits or ServerLimits.from_env()
-    target = _resolve_target(model)  # fail fast on typos, not minutes later in a log
-    chosen = _choose_backend(target, backend)
+    target = resolve_model(model)  # fail fast on typos, not minutes later in a log
+    chosen = choose_backend(target, backend)
     served = target.name if isinstance(target, ModelSpec) else str(model)
     # tiling and a diffusion upscaler's per-call settings (steps, noise_level...) go to every
     # upscale() call; the rest are load options
@@ -469,7 +471,7 @@ def _install_error_handlers(app: FastAPI) -> None:
                        str(exc.detail), getattr(exc, "headers", None))
 
 
-def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model: str = DEFAULT_MODEL,
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model: str = DEFAULT_UPSCALER,
           device: str | None = None, limits: ServerLimits | None = None, *,
           log_level: str = "info", **upscale_opts) -> None:
     """Run the service with uvicorn until Ctrl-C / SIGTERM (graceful: in-flight requests finish).

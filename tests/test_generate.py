@@ -183,10 +183,10 @@ def test_cache_reuse_and_switching(sd_dir, sdxl_dir):
     p1 = pl.load_pipeline(sd_dir, device="cpu")
     assert pl.load_pipeline(sd_dir, device="cpu") is p1  # one load per process
     pl.generate("x", model=sd_dir, seed=1, **FAST)
-    assert pipeline_mod._CURRENT.pipe is p1
+    assert pipeline_mod.current_pipeline().pipe is p1
     p2 = pl.load_pipeline(sdxl_dir, device="cpu")
     assert type(p2).__name__ == "StableDiffusionXLPipeline"
-    assert pipeline_mod._CURRENT.pipe is p2  # the old one is no longer held
+    assert pipeline_mod.current_pipeline().pipe is p2  # the old one is no longer held
     p3 = pl.load_pipeline(sd_dir, device="cpu")
     assert p3 is not p1 and type(p3).__name__ == "StableDiffusionPipeline"
 
@@ -231,8 +231,8 @@ def test_registered_preset_defaults_and_refiner(sdxl_dir):
         g = pl.generate("a fox", model="tiny-xl-refined", seed=8, progress=False)[0]
         assert g.image.size == (64, 128)
         assert (g.params["steps"], g.params["guidance"], g.params["model"]) == (2, 5.0, "tiny-xl-refined")
-        assert pipeline_mod._CURRENT.refiner is not None
-        assert type(pipeline_mod._CURRENT.refiner).__name__ == "StableDiffusionXLImg2ImgPipeline"
+        assert pipeline_mod.current_pipeline().refiner is not None
+        assert type(pipeline_mod.current_pipeline().refiner).__name__ == "StableDiffusionXLImg2ImgPipeline"
         again = pl.generate("a fox", model="tiny-xl-refined", seed=8, progress=False)[0]
         assert np.array_equal(arr(g.image), arr(again.image))
     finally:

@@ -50,7 +50,7 @@ def _plain(model):
 def test_optimised_path_matches_plain(model_dir, speed):
     plain_lat, plain_img = _plain(model_dir)
     fast_lat = _run(model_dir, "latent", **speed)
-    pipe = pipeline_mod._CURRENT.pipe
+    pipe = pipeline_mod.current_pipeline().pipe
     procs = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
     if speed.get("fuse_qkv"):  # the option really took effect
         assert procs == {"FusedAttnProcessor2_0"}
@@ -93,9 +93,9 @@ def test_options_validate(name, model_dir):
 
 def test_each_option_set_is_its_own_cached_pipeline(model_dir):
     _run(model_dir, "latent", fuse_qkv=False)
-    plain = pipeline_mod._CURRENT.pipe
+    plain = pipeline_mod.current_pipeline().pipe
     _run(model_dir, "latent", fuse_qkv=True)
-    assert pipeline_mod._CURRENT.pipe is not plain
-    fused = pipeline_mod._CURRENT.pipe
+    assert pipeline_mod.current_pipeline().pipe is not plain
+    fused = pipeline_mod.current_pipeline().pipe
     _run(model_dir, "latent", fuse_qkv=True)
-    assert pipeline_mod._CURRENT.pipe is fused  # no reload for the same options
+    assert pipeline_mod.current_pipeline().pipe is fused  # no reload for the same options

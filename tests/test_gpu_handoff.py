@@ -24,7 +24,7 @@ def test_diffusion_pipeline_registers_an_evictor_and_moves_to_cpu(monkeypatch, c
     pipe = FakePipe()
     fake = gp.Loaded(key=("x",), pipe=pipe, plan=MemoryPlan("fast", "cuda:0", "float16"),
                      source="tiny", preset=None, scheduler="default")
-    monkeypatch.setattr(gp, "_CURRENT", fake)
+    monkeypatch.setattr(gp, "current_pipeline", lambda: fake)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with caplog.at_level(logging.INFO):
         moved = gpu_guard.evict_gpu_models("ncnn Vulkan upscaling")
@@ -37,5 +37,5 @@ def test_cpu_pipeline_is_left_alone(monkeypatch):
     pipe = FakePipe()
     fake = gp.Loaded(key=("x",), pipe=pipe, plan=MemoryPlan("cpu", "cpu", "float32"),
                      source="tiny", preset=None, scheduler="default")
-    monkeypatch.setattr(gp, "_CURRENT", fake)
+    monkeypatch.setattr(gp, "current_pipeline", lambda: fake)
     assert gpu_guard.evict_gpu_models("ncnn") == [] and pipe.moves == []

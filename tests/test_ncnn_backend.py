@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import pipeline_lib.gpu_guard as gpu_guard
-from pipeline_lib import (BackendUnavailableError, InvalidParameterError, WeightsError, clear_cache,
+from pipeline_lib import (BackendUnavailableError, InvalidParameterError, WeightsError, unload_upscalers,
                           load_upscaler, upscale)
 from pipeline_lib.cli import main as cli_main
 from pipeline_lib.upscale.backends import ncnn_backend
@@ -81,7 +81,7 @@ def test_tile_above_400_is_clamped(small_photo):
 
 
 def test_missing_package_says_how_to_install(monkeypatch, small_photo):
-    clear_cache()
+    unload_upscalers()
     monkeypatch.setitem(sys.modules, "ncnn", None)  # makes `import ncnn` raise ImportError
     with pytest.raises(BackendUnavailableError, match=r"pip install pipeline_lib\[ncnn\]"):
         upscale(small_photo, "realesr-animevideov3", backend="ncnn", progress=False)

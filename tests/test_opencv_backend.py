@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT, psnr
 from pipeline_lib import (BackendUnavailableError, InvalidParameterError, UnknownModelError,
-                          WeightsError, clear_cache, list_upscalers, load_upscaler, upscale)
+                          WeightsError, unload_upscalers, list_upscalers, load_upscaler, upscale)
 from pipeline_lib.upscale.backends import opencv_backend
 from pipeline_lib.upscale.registry import MODELS
 
@@ -131,7 +131,7 @@ def test_unknown_scale_lists_existing_scales():
 
 def test_missing_contrib_module_says_what_to_install(monkeypatch):
     monkeypatch.delattr(cv2, "dnn_superres")
-    clear_cache()
+    unload_upscalers()
     with pytest.raises(BackendUnavailableError,
                        match=r"pip uninstall -y opencv-python opencv-python-headless && "
                              r"pip install --force-reinstall 'opencv-contrib-python-headless<5'"):
@@ -142,7 +142,7 @@ def test_opencv_without_tensorflow_importer_says_what_to_install(monkeypatch):
     """OpenCV 5 has dnn_superres but no TensorFlow importer, so no .pb model loads: say so,
     instead of calling the (intact) model file damaged."""
     monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)
-    clear_cache()
+    unload_upscalers()
     with pytest.raises(BackendUnavailableError,
                        match=r"OpenCV 5 dropped the TensorFlow \(\.pb\) importer.*"
                              r"'opencv-contrib-python-headless<5'"):
@@ -157,11 +157,11 @@ def test_corrupt_bundled_model_is_refused(tmp_path, monkeypatch):
     raw[len(raw) // 2] ^= 0xFF
     pb.write_bytes(bytes(raw))
     monkeypatch.setattr(opencv_backend, "BUNDLED_DIR", data)
-    clear_cache()
+    unload_upscalers()
     with pytest.raises(WeightsError, match=r"FSRCNN_x2\.pb is corrupt: sha256 [0-9a-f]{64}, "
                                            r"expected 366b33f0.*Reinstall pipeline_lib"):
         upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
-    clear_cache()
+    unload_upscalers()
 
 
 def test_local_pb_files(tmp_path):

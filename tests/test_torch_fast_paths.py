@@ -95,21 +95,21 @@ def test_native_bf16_read_from_cpu_flags(text, native):
 def fresh_upscaler_cache():
     """Cached upscalers built under a patched ``supports_bf16`` must not outlive the test, even
     when it fails half-way."""
-    from pipeline_lib.upscale import clear_cache
+    from pipeline_lib.upscale import unload_upscalers
 
-    clear_cache()
-    yield clear_cache
-    clear_cache()
+    unload_upscalers()
+    yield unload_upscalers
+    unload_upscalers()
 
 
 def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upscaler_cache):
     """dtype='bf16' runs in bf16 on CPUs that compute it natively (forced here, so the path runs
     on any CPU) and falls back to fp32, with a warning, on CPUs that would emulate it."""
-    clear_cache = fresh_upscaler_cache
+    unload_upscalers = fresh_upscaler_cache
     arr = np.asarray(small_photo)[:24, :24]
     ref = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
-    clear_cache()
+    unload_upscalers()
     got = upscale(arr, MODEL, backend="torch", device="cpu", dtype="bf16", tile=0,
                   progress=False, full_result=True)
     assert got.dtype == "bfloat16"
@@ -118,7 +118,7 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upsc
     assert 35.0 < psnr(out, ref) < float("inf")  # bf16 changes pixels, a little
 
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: False)
-    clear_cache()
+    unload_upscalers()
     with caplog.at_level("WARNING"):
         res = upscale(arr, MODEL, backend="torch", device="cpu", dtype="bf16", tile=0,
                       progress=False, full_result=True)
@@ -249,7 +249,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
     """The real x4plus weights: dtype='bf16' on a CPU (bf16 forced as native so this runs on any
     CPU) takes the fp32-trunk path, which lands nearer the fp32 image than casting the whole
     model would; both stay visually equal (PSNR well above 40 dB)."""
-    clear_cache = fresh_upscaler_cache
+    unload_upscalers = fresh_upscaler_cache
     arr = np.asarray(small_photo)[8:40, 8:40]
     ref = np.asarray(upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", tile=0,
                              progress=False)).astype(np.int16)
@@ -258,7 +258,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
     for trunk in (True, False):
         if not trunk:
             monkeypatch.setattr(torch_backend, "bf16_with_fp32_trunk", lambda m: False)
-        clear_cache()
+        unload_upscalers()
         res = upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", dtype="bf16",
                       tile=0, progress=False, full_result=True)
         assert res.dtype == "bfloat16"

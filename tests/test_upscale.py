@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import psnr
-from pipeline_lib import (ImageReadError, InvalidParameterError, UnknownModelError, clear_cache,
+from pipeline_lib import (ImageReadError, InvalidParameterError, UnknownModelError, unload_upscalers,
                           list_upscalers, load_upscaler, upscale)
 
 FAST = "realesr-animevideov3"
@@ -131,7 +131,7 @@ def test_path_input_applies_exif_orientation(tmp_path, small_photo):
 def test_cache_reuse_and_clear():
     a = load_upscaler(FAST, device="cpu")
     assert load_upscaler(FAST, device="cpu") is a
-    clear_cache()
+    unload_upscalers()
     b = load_upscaler(FAST, device="cpu")
     assert b is not a and b.scale == 4
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = ["add_arguments", "run"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("jobs", help="JSON-lines file: one {\"type\": \"generate\"|\"upscale\", ...} per line")

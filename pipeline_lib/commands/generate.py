@@ -6,6 +6,8 @@ from pathlib import Path
 
 from ..errors import InvalidParameterError, OutputExistsError
 
+__all__ = ["add_arguments", "free_name", "run"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw")

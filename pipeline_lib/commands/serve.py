@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = ["add_arguments", "limits_from_args", "run"]
+
 _MB = 1024 * 1024
 
 

@@ -11,6 +11,9 @@ from ..upscale.backends import BACKENDS
 from ..upscale.sizing import check_scale, parse_size
 from ..upscale.tiling import check_tiling
 
+__all__ = ["IMAGE_SUFFIXES", "MEDIA_SUFFIXES", "add_arguments", "collect_inputs", "output_path",
+           "run"]
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}

@@ -22,12 +22,12 @@ from typing import Any, Callable
 from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from ..heap import reuse_freed_memory
 from .memory import prepare_vae
-from .pipeline import (get_loaded, get_refiner, load_pipeline, move_off_gpu, set_scheduler,
+from .pipeline import (current_pipeline, get_loaded, get_refiner, load_pipeline, move_off_gpu, set_scheduler,
                        unload_pipeline)
-from .presets import (DEFAULT_MODEL, PRESETS, Preset, check_scheduler, get_preset, list_presets,
+from .presets import (DEFAULT_PRESET, PRESETS, Preset, check_scheduler, get_preset, list_presets,
                       register_preset, resolve_size, size_for_aspect)
 
-__all__ = ["generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
+__all__ = ["generate", "text_to_image", "load_pipeline", "unload_pipeline", "current_pipeline", "GeneratedImage",
            "list_presets", "register_preset", "get_preset", "size_for_aspect", "Preset", "PRESETS",
            "MAX_SEED"]
 
@@ -125,7 +125,7 @@ def _warn_if_truncated(pipe, prompt: str, what: str) -> None:
                 "(move the important words to the front)", what, len(ids), limit, kept)
 
 
-def generate(prompt: str, *, model: str = DEFAULT_MODEL, negative_prompt: str | None = None,
+def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str | None = None,
              steps: int | None = None, guidance: float | None = None, width: int | None = None,
              height: int | None = None, seed: int | None = None, num_images: int = 1,
              scheduler: str | None = None, device=None, memory: str = "auto", dtype=None,
@@ -287,7 +287,7 @@ def _version() -> str:
     return f"pipeline_lib {__version__}"
 
 
-def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "realesrgan-x4plus",
+def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = "realesrgan-x4plus",
                   size: int | tuple[int, int] | str = 2048, **generate_kwargs) -> list[GeneratedImage]:
     """Generate, then upscale each picture to ``size``: an int is the long side (aspect kept:
     512×768 → 1365×2048), ``(w, h)`` is exact. A diffusion upscaler (sd-x4, sd-x2-latent) gets
@@ -303,12 +303,12 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "r
     from ..upscale import upscale
     from ..upscale.sizing import parse_size
 
-    from ..upscale import _resolve_target
+    from ..upscale import resolve_model
 
     target = parse_size(size)
     if target is None:
         raise InvalidParameterError("size must be a long side (e.g. 2048) or (width, height).")
-    _resolve_target(upscaler)  # an unknown upscaler fails now, not after minutes of generation
+    resolve_model(upscaler)  # an unknown upscaler fails now, not after minutes of generation
     progress = generate_kwargs.get("progress", True)
     device = generate_kwargs.get("device")
     from ..upscale.diffusion import latent_handoff, upscaler_options
@@ -332,9 +332,9 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_MODEL, upscaler: str = "r
 
 def _make_room() -> None:
     from .. import devices
-    from .pipeline import _CURRENT
+    from .pipeline import current_pipeline
 
-    cur = _CURRENT
+    cur = current_pipeline()
     if cur is None or not cur.plan.device.startswith("cuda"):
         return
     import torch

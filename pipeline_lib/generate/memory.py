@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from ..devices import resolve_device, supports_bf16
 from ..errors import InvalidParameterError
 
+__all__ = ["PROFILES", "BIG_GPU_BYTES", "TILE_VAE_PIXELS", "MemoryPlan", "COMPILE_ENV",
+           "compile_default", "plan_memory", "apply_plan", "prepare_vae"]
+
 log = logging.getLogger(__name__)
 
 PROFILES = ("auto", "fast", "balanced", "low")

@@ -14,6 +14,9 @@ from ..gpu_guard import register_gpu_evictor
 from .memory import MemoryPlan, apply_plan, plan_memory
 from .presets import SCHEDULERS, Preset, find_preset, get_preset
 
+__all__ = ["SINGLE_FILE_SUFFIXES", "Loaded", "current_pipeline", "set_scheduler", "unload_pipeline",
+           "move_off_gpu", "get_loaded", "load_pipeline", "get_refiner"]
+
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -34,6 +37,11 @@ class Loaded:
 
 _CURRENT: Loaded | None = None
 _LOCK = threading.RLock()
+
+
+def current_pipeline() -> Loaded | None:
+    """The loaded pipeline (one per process) with its memory plan, or None."""
+    return _CURRENT
 
 
 def _resolve(model: str | Path) -> tuple[str, str, Preset | None]:
@@ -152,7 +160,7 @@ def move_off_gpu(reason: str = "another model") -> bool:
     the weights in RAM; the next ``load_pipeline`` puts them back. Returns True when something
     moved. Registered with :mod:`pipeline_lib.gpu_guard`, so the ncnn backend calls it."""
     with _LOCK:
-        cur = _CURRENT
+        cur = current_pipeline()
         if cur is None or not cur.plan.device.startswith("cuda") or cur.plan.offload or cur.offloaded_to_cpu:
             return False
         import torch

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 from ..errors import InvalidParameterError, UnknownModelError
 
+__all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "SCHEDULERS",
+           "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
+           "scheduler_label", "scheduler_from_label", "check_scheduler", "round_to", "resolve_size",
+           "parse_aspect", "size_for_aspect"]
+
 log = logging.getLogger(__name__)
 
 PHOTO_NEGATIVE = ("cartoon, anime, painting, illustration, drawing, 3d render, worst quality, "
@@ -95,7 +100,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            description="Stable Diffusion 2.1 (v-prediction, 768²)"),
 ]}
 
-DEFAULT_MODEL = "absolute-reality"
+DEFAULT_PRESET = "absolute-reality"
 
 # name → (diffusers class, extra config, A1111 sampler label). "default" keeps the model's own.
 SCHEDULERS: dict[str, tuple[str | None, dict, str]] = {

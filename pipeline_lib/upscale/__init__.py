@@ -29,7 +29,7 @@ from .tiling import check_tiling, count_tiles, one_call, run_with_backoff
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "realesrgan-x4plus"
+DEFAULT_UPSCALER = "realesrgan-x4plus"
 DEFAULT_OVERLAP = 32  # input px shared by neighbouring tiles; ≥ 50 dB vs untiled on x4plus
 
 _CACHE: dict[tuple, Upscaler] = {}
@@ -74,7 +74,7 @@ def list_upscalers() -> list[dict[str, Any]]:
              "description": s.description} for s in MODELS.values()]
 
 
-def _resolve_target(model: str | Path | ModelSpec) -> ModelSpec | str:
+def resolve_model(model: str | Path | ModelSpec) -> ModelSpec | str:
     if isinstance(model, ModelSpec):
         return model
     text = str(model)
@@ -97,7 +97,7 @@ def _is_pb(target: ModelSpec | str) -> bool:
     return isinstance(target, str) and target.lower().endswith(".pb")
 
 
-def _choose_backend(target: ModelSpec | str, backend: str) -> str:
+def choose_backend(target: ModelSpec | str, backend: str) -> str:
     if backend != "auto":
         if backend not in BACKENDS:
             backend_module(backend)  # raises the "unknown backend" error
@@ -125,7 +125,7 @@ def _auto_candidates(target: ModelSpec | str) -> list[tuple[ModelSpec | str, str
     ESPCN precedes FSRCNN because it measured higher PSNR at every scale (tests/test_opencv_backend.py).
     """
     if isinstance(target, str):
-        return [(target, _choose_backend(target, "auto"))]
+        return [(target, choose_backend(target, "auto"))]
     cands = [(target, b) for b in target.backends if b in BACKENDS]
     if "opencv" in target.backends:  # an OpenCV model asked for by name: no substitutes
         return cands
@@ -171,22 +171,22 @@ def _load_auto(target: ModelSpec | str, device, dtype, progress: bool, options: 
                                   "PIPELINE_LIB_OFFLINE / HF_HUB_OFFLINE).")
 
 
-def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=None, *,
+def load_upscaler(model: str | Path = DEFAULT_UPSCALER, device=None, dtype=None, *,
                   backend: str = "auto", progress: bool = True, **options) -> Upscaler:
     """Load (once per process) a model by registry name, file path or URL.
 
     Cached by (backend, model, device, dtype, options): a second call returns the same object
     without touching the disk. ``backend="auto"`` may substitute a model exactly as
-    :func:`upscale` does; the returned upscaler's ``name``/``backend`` say what was loaded. :func:`clear_cache` frees everything, GPU memory included.
+    :func:`upscale` does; the returned upscaler's ``name``/``backend`` say what was loaded. :func:`unload_upscalers` frees everything, GPU memory included.
 
     >>> up = load_upscaler("realesr-animevideov3", device="cpu")
     >>> up.scale, up.backend
     (4, 'torch')
     """
-    target = _resolve_target(name_or_path)
+    target = resolve_model(model)
     if backend == "auto":
         return _load_auto(target, device, dtype, progress, options)[0]
-    backend = _choose_backend(target, backend)  # checks the model runs on it
+    backend = choose_backend(target, backend)  # checks the model runs on it
     key_name = target.name if isinstance(target, ModelSpec) else target
     module = backend_module(backend)  # first, so a missing torch is a BackendUnavailableError
     if device is None and backend in ("torch", "diffusion"):
@@ -207,7 +207,7 @@ def load_upscaler(name_or_path: str | Path = DEFAULT_MODEL, device=None, dtype=N
         return up
 
 
-def clear_cache() -> None:
+def unload_upscalers() -> None:
     """Drop every cached upscaler and return its memory (GPU memory too)."""
     with _CACHE_LOCK:
         for up in _CACHE.values():
@@ -329,7 +329,7 @@ def _upscale_planes(up: Upscaler, run, arr: np.ndarray, color_c: int, alpha: np.
     return _from_float(chw, arr.dtype), used_tile
 
 
-def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: float | None = None,
+def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: float | None = None,
             size: SizeArg = None, tile: int | None = None, overlap: int | None = None,
             backend: str = "auto", device=None, dtype=None, progress: bool = True,
             full_result: bool = False, **options):
@@ -369,12 +369,12 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_MODEL, *, scale: floa
     t0 = time.perf_counter()
     arr, meta = read_image(image)
     h, w, channels = arr.shape
-    target = _resolve_target(model)
+    target = resolve_model(model)
     options, run_opts = _split_options(options)
     if backend == "auto":  # may substitute a model: result.model/backend and .info say which
         up, fallback = _load_auto(target, device, dtype, progress, options)
     else:
-        up = load_upscaler(target, device, dtype, backend=_choose_backend(target, backend),
+        up = load_upscaler(target, device, dtype, backend=choose_backend(target, backend),
                            progress=progress, **options)
         fallback = None
     run = _bind_run(up, run_opts, fallback)

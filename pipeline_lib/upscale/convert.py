@@ -17,6 +17,8 @@ import numpy as np
 from ..errors import WeightsError
 from .ncnn_format import NcnnLayer
 
+__all__ = ["rrdbnet_state_dict", "srvgg_state_dict", "CONVERTERS", "ncnn_to_state_dict"]
+
 
 def _weighted(layers: list[NcnnLayer]) -> list[NcnnLayer]:
     return [layer for layer in layers if layer.blobs]

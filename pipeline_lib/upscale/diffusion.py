@@ -11,6 +11,8 @@ from typing import Any, Callable
 from ..errors import BackendUnavailableError, WeightsError
 from .registry import ModelSpec
 
+__all__ = ["LATENT_CLASS", "SD_LATENT_SPACE", "upscaler_options", "latent_handoff"]
+
 log = logging.getLogger(__name__)
 
 LATENT_CLASS = "StableDiffusionLatentUpscalePipeline"
@@ -20,10 +22,10 @@ SD_LATENT_SPACE = ("StableDiffusionPipeline",)
 
 def _pipeline_class(upscaler) -> str | None:
     """The diffusers class a diffusion upscaler name/folder stands for; None for other upscalers."""
-    from . import _resolve_target
+    from . import resolve_model
 
     try:
-        target = _resolve_target(upscaler)
+        target = resolve_model(upscaler)
     except Exception:  # unknown names are reported by upscale() itself, with suggestions
         return None
     if isinstance(target, ModelSpec):

@@ -17,6 +17,8 @@ import numpy as np
 
 from ..errors import WeightsError
 
+__all__ = ["PARAM_MAGIC", "NcnnLayer", "parse_param", "load_ncnn_model"]
+
 PARAM_MAGIC = 7767517
 _TAG_FP16 = 0x01306B47
 _TAG_INT8 = 0x000D4B38

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from ..errors import UnknownModelError
 
+__all__ = ["Weights", "ModelSpec", "MODELS", "register", "get_spec"]
+
 _RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 
 

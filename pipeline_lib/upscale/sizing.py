@@ -10,6 +10,9 @@ from typing import Sequence, Union
 from ..errors import InvalidParameterError
 from ..images import env_int
 
+__all__ = ["MAX_SCALE", "DEFAULT_MAX_OUTPUT_PIXELS", "max_output_pixels", "parse_size",
+           "check_scale", "target_size", "working_canvas", "check_canvas", "passes_needed"]
+
 log = logging.getLogger(__name__)
 
 SizeArg = Union[int, str, Sequence[int], None]

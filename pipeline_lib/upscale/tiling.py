@@ -17,6 +17,9 @@ import numpy as np
 
 from ..errors import InvalidParameterError, TileOutOfMemoryError
 
+__all__ = ["MIN_TILE", "Progress", "tile_layout", "effective_overlap", "one_call", "count_tiles",
+           "check_tiling", "run_tiled", "run_with_backoff"]
+
 log = logging.getLogger(__name__)
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -146,7 +149,7 @@ def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overl
             elif current <= MIN_TILE:  # a 17..31 px tile still gets one try at MIN_TILE
                 raise TileOutOfMemoryError(
                     f"out of memory even with {current}px tiles (the tiler halves the tile down "
-                    f"to {MIN_TILE}px): free GPU memory (clear_cache(), unload the diffusion "
+                    f"to {MIN_TILE}px): free GPU memory (unload_upscalers(), unload the diffusion "
                     "pipeline), pass a smaller tile=... (CLI: --tile 128) or run on device='cpu' "
                     "(CLI: --device cpu).") from None
             else:

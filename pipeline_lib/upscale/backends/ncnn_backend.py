@@ -36,6 +36,8 @@ from ..ncnn_format import parse_param
 from ..registry import ModelSpec
 from . import Upscaler
 
+__all__ = ["MAX_TILE", "VulkanDevice", "vulkan_devices", "choose_device", "blob_names", "load"]
+
 log = logging.getLogger(__name__)
 
 #: The most reliable tile size for Real-ESRGAN's ncnn models (larger tiles fail on some drivers).

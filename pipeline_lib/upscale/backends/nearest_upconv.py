@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["NearestUpConv2x", "rewrite_nearest_upconv"]
+
 # Which of the 3 kernel rows each phase's 2 taps sum: phase 0 reads input rows (i-1, i, i), so its
 # taps are (W0, W1+W2) at offsets (-1, 0); phase 1 reads (i, i, i+1): (W0+W1, W2) at (0, +1).
 _PHASE_TAPS = torch.tensor([[[1., 0, 0], [0, 1, 1]], [[1., 1, 0], [0, 0, 1]]], dtype=torch.float64)

@@ -19,6 +19,9 @@ from .. import weights as W
 from ..registry import ModelSpec
 from . import Upscaler
 
+__all__ = ["BUNDLED_DIR", "CONTRIB_PACKAGE", "CONTRIB_FIX", "require_superres", "bundled_path",
+           "load"]
+
 log = logging.getLogger(__name__)
 
 # Where the bundled .pb files and their SHA256SUMS live; a module attribute so tests can point

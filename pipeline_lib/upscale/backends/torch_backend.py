@@ -18,6 +18,8 @@ from . import Upscaler
 from .mixed_bf16 import bf16_with_fp32_trunk
 from .nearest_upconv import rewrite_nearest_upconv
 
+__all__ = ["load_state_dict", "load"]
+
 log = logging.getLogger(__name__)
 
 
