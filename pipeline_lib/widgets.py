@@ -238,7 +238,7 @@ class App:
         self._step(f"generating {kw['num_images']} image(s) with {kw['model']}…", 0, 1)
         self.log.clear_output()
         with self.log:
-            out = generate(**kw, progress=True, on_step=lambda done, total: self._step(
+            out = generate(**kw, progress=True, on_progress=lambda done, total: self._step(
                 f"denoising step {done}/{total}…", done, total if done == 1 else None))
         self.results = [Result(g.image, f"{g.params.get('model', 'image')}-{g.seed}", generated=g)
                         for g in out]

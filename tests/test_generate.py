@@ -265,12 +265,12 @@ def test_text_to_image_with_x4plus(sd_dir):
     assert r.image.size == (128, 128) and r.params["upscaler"] == "realesrgan-x4plus"
 
 
-def test_on_step_reports_every_denoising_step(sd_dir):
+def test_on_progress_reports_every_denoising_step(sd_dir):
     seen = []
-    pl.generate("a red apple", model=sd_dir, seed=3, on_step=lambda d, t: seen.append((d, t)), **FAST)
+    pl.generate("a red apple", model=sd_dir, seed=3, on_progress=lambda d, t: seen.append((d, t)), **FAST)
     assert seen == [(1, 2), (2, 2)]
-    with pytest.raises(pl.InvalidParameterError, match="on_step must be a function"):
-        pl.generate("a red apple", model=sd_dir, seed=3, on_step=5, **FAST)
+    with pytest.raises(pl.InvalidParameterError, match="on_progress must be a function"):
+        pl.generate("a red apple", model=sd_dir, seed=3, on_progress=5, **FAST)
 
 
 def test_xformers_request_falls_back_to_sdpa_with_same_pixels(sd_dir):

@@ -131,7 +131,7 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
              scheduler: str | None = None, device=None, memory: str = "auto", dtype=None,
              progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
              fuse_qkv: bool | None = None, compile: bool | None = None, xformers: bool = False,
-             on_step: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
+             on_progress: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
     """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
     ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
@@ -147,7 +147,7 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
     (None: on for CUDA, off on CPU) and ``compile=True`` (UNet ``torch.compile``; None reads
     ``PIPELINE_LIB_COMPILE``; pays only over many images) are speed options, same images.
     ``xformers=True`` uses xformers attention when it is installed (``pip install
-    pipeline_lib[xformers]``; PyTorch SDPA otherwise). ``on_step(done, total)`` is called after every denoising step (live progress for front ends).
+    pipeline_lib[xformers]``; PyTorch SDPA otherwise). ``on_progress(done, total)`` is called after every denoising step (live progress for front ends).
 
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset (with suggestions).
@@ -203,13 +203,14 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
                                   guidance_scale=guidance, width=w, height=h, generator=generators)
     if negative and guidance > 1:
         kwargs["negative_prompt"] = [negative] * num_images
-    if on_step is not None:
-        if not callable(on_step):
-            raise InvalidParameterError(f"on_step must be a function (done, total), got {on_step!r}.")
+    if on_progress is not None:
+        if not callable(on_progress):
+            raise InvalidParameterError(f"on_progress must be a function (done, total), got "
+                                        f"{on_progress!r}.")
         total = round(steps * preset.high_noise_frac) if preset and preset.refiner else steps
 
         def _step_end(_pipe, index, _timestep, callback_kwargs):
-            on_step(min(index + 1, total), total)
+            on_progress(min(index + 1, total), total)
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = _step_end

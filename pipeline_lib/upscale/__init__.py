@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -276,6 +276,31 @@ def _bind_run(up: Upscaler, run_opts: dict, fallback: str | None):
     return functools.partial(up.run, **kept) if kept else up.run
 
 
+class ReportingBar:
+    """A tqdm bar that also tells ``on_progress(done, total)`` about every update."""
+
+    # A disabled tqdm counts nothing, so the count and total are kept here as well.
+    def __init__(self, bar, on_progress: Callable[[int, int], object] | None) -> None:
+        self.bar, self.on_progress, self.n, self._total = bar, on_progress, 0, bar.total or 0
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = self.bar.total = value
+
+    def refresh(self) -> None:
+        self.bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+        if self.on_progress is not None:
+            self.on_progress(self.n, max(self._total, self.n))
+
+
 def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar,
                 run) -> tuple[np.ndarray, int]:
     for i in range(passes):
@@ -332,7 +357,8 @@ def _upscale_planes(up: Upscaler, run, arr: np.ndarray, color_c: int, alpha: np.
 def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: float | None = None,
             size: SizeArg = None, tile: int | None = None, overlap: int | None = None,
             backend: str = "auto", device=None, dtype=None, progress: bool = True,
-            full_result: bool = False, **options):
+            full_result: bool = False, on_progress: Callable[[int, int], object] | None = None,
+            **options):
     """Upscale ``image`` with ``model`` to ``scale`` × or to ``size``; return the same kind of image.
 
     ``image`` is a path (EXIF orientation applied), a PIL image, or a uint8/uint16 numpy array
@@ -344,7 +370,8 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: f
     high-quality resize hits the exact size. ``size`` is ``N`` (long side, aspect kept) or
     ``(w, h)`` (exact). ``tile=None`` chooses a tile size for the device, ``tile=0`` disables
     tiling; out-of-memory halves the tile and retries. ``full_result=True`` returns an
-    :class:`UpscaleResult` instead of the bare image.
+    :class:`UpscaleResult` instead of the bare image. ``on_progress(done, total)`` is called
+    after every tile (live progress for front ends; ``total`` counts the tiles of every pass).
 
     ``backend="auto"`` runs ``model`` on torch when torch imports and its weights are available
     (packaged, cached or downloadable); otherwise it falls back, in order, to Real-ESRGAN, EDSR
@@ -366,6 +393,9 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: f
     (32, 24)
     """
     check_tiling(tile, overlap)
+    if on_progress is not None and not callable(on_progress):
+        raise InvalidParameterError(f"on_progress must be a function (done, total), got "
+                                    f"{on_progress!r}.")
     t0 = time.perf_counter()
     arr, meta = read_image(image)
     h, w, channels = arr.shape
@@ -402,7 +432,8 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: f
     # reuse_freed_memory: see pipeline_lib/heap.py (page faults were 10-15 % of a CPU run)
     out_arr = None
     with reuse_freed_memory(), tqdm(total=total, desc=f"upscale {up.name}", unit="tile",
-                                    disable=not progress, leave=False) as bar:
+                                    disable=not progress, leave=False) as tq:
+        bar = ReportingBar(tq, on_progress)
         if _whole_on_device(up, run, arr, passes, use_tile, out_size):
             try:
                 out_arr, used_tile = up.run_whole(_to_float(arr)), use_tile
