@@ -152,7 +152,7 @@ def worker_ncnn(a) -> dict:
     import ncnn
     import numpy as np
 
-    from pipeline_lib.upscale import _from_float, _to_float
+    from pipeline_lib.upscale.pixels import from_float as _from_float, to_float as _to_float
     from pipeline_lib.upscale.tiling import run_tiled
     from pipeline_lib.upscale.weights import ncnn_files
 

@@ -13,16 +13,16 @@ from .errors import (BackendUnavailableError, GenerationOutOfMemoryError, ImageR
                      ImageTooLargeError, InvalidParameterError, OutputExistsError, PipelineError,
                      TileOutOfMemoryError, UnknownModelError, WeightsError)
 from .images import read_image, save_image
-from .upscale import (UpscaleResult, unload_upscalers, list_upscalers, load_upscaler, upscale)
+from .upscale import UpscaleResult, list_upscalers, load_upscaler, unload_upscalers, upscale
 from .media import upscale_file
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 # The generate package is imported eagerly on purpose: it is light (diffusers, transformers and
 # torch load inside the functions, on first use), and binding the function here once means a
 # later `import pipeline_lib.generate.x` cannot leave the *module* in place of `generate()`.
 from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipeline,  # noqa: E402
-                       register_preset, size_for_aspect, text_to_image, unload_pipeline)
+                       register_preset, size_for_aspect, unload_pipeline)
 from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
 
 # The HTTP service (FastAPI/uvicorn), batch jobs (Accelerate) and the notebook helpers
@@ -30,6 +30,7 @@ from .metadata import format_parameters, parse_parameters, read_metadata  # noqa
 # `import pipeline_lib` stays fast for upscaling-only users and the CLI.
 _LAZY = {
     "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
+    "text_to_image": ".compose",
     "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
     # figures and the notebook app pull in matplotlib / ipywidgets
     "side_by_side": ".compare", "zoom_crops": ".compare", "compare_upscalers": ".compare",

@@ -144,7 +144,8 @@ def run_job(job: Job, outdir: Path, *, device=None, progress: bool = False) -> l
     if device is not None:
         kw.setdefault("device", device)
     if job.type == "generate":
-        from .generate import generate, text_to_image
+        from .compose import text_to_image
+        from .generate import generate
 
         if kw.get("upscaler"):
             results = text_to_image(kw.pop("prompt"), progress=progress, **kw)
@@ -193,7 +194,7 @@ def run_batch(jobs_file: str | os.PathLike, outdir: str | os.PathLike, *, overwr
     A failing job is logged and reported, the others still run."""
     from tqdm.auto import tqdm
 
-    from .images import atomic_write
+    from .outputs import atomic_write
 
     out = Path(outdir)
     jobs = read_jobs(jobs_file)

@@ -27,6 +27,8 @@ import logging
 import os
 import platform
 import threading
+
+from . import config
 from typing import Iterator
 
 __all__ = ["reuse_freed_memory"]
@@ -52,7 +54,7 @@ def _glibc() -> ctypes.CDLL | None:
     global _libc
     if _libc is False:
         _libc = None
-        if os.environ.get("PIPELINE_LIB_HEAP_REUSE", "1") != "0" and platform.system() == "Linux" \
+        if config.get("PIPELINE_LIB_HEAP_REUSE") and platform.system() == "Linux" \
                 and platform.libc_ver()[0] == "glibc":
             try:
                 lib = ctypes.CDLL(None)

@@ -10,21 +10,20 @@ import io
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError,
-                     OutputExistsError)
+from . import config
+from .errors import ImageReadError, ImageTooLargeError, InvalidParameterError
+from .outputs import atomic_write, refuse_existing
 
-__all__ = ["DEFAULT_MAX_INPUT_PIXELS", "env_int", "max_input_pixels", "ImageMeta", "read_image",
-           "to_output", "encode_image", "atomic_write", "publish_file", "save_image"]
+__all__ = ["DEFAULT_MAX_INPUT_PIXELS", "max_input_pixels", "ImageMeta", "ImageInput", "read_image",
+           "to_output", "encode_image", "save_image"]
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +31,11 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 #: Inputs above this many pixels are refused before decoding (decompression-bomb guard).
 #: Override with ``PIPELINE_LIB_MAX_INPUT_PIXELS`` or the ``max_pixels`` argument.
-DEFAULT_MAX_INPUT_PIXELS = 64_000_000
-
-
-def env_int(name: str, default: int) -> int:
-    """A positive integer from the environment; a typo there is an error, not a crash."""
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw.strip().replace("_", ""))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidParameterError(f"{name}={raw!r} is not a positive integer; set it to a pixel "
-                                    f"count such as {default} or unset it.")
-    return value
+DEFAULT_MAX_INPUT_PIXELS = config.SETTINGS["PIPELINE_LIB_MAX_INPUT_PIXELS"].default
 
 
 def max_input_pixels() -> int:
-    return env_int("PIPELINE_LIB_MAX_INPUT_PIXELS", DEFAULT_MAX_INPUT_PIXELS)
+    return config.get("PIPELINE_LIB_MAX_INPUT_PIXELS")
 
 
 @dataclass
@@ -296,80 +280,6 @@ def _check_metadata(metadata) -> None:
                                         "1-79 Latin-1 characters, e.g. 'parameters'.")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder, so readers never see half a file.
-
-    Without ``overwrite`` an existing file is never replaced (:class:`OutputExistsError`), even
-    when another process creates it while we write.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} already exists; pass overwrite=True (CLI: --overwrite) "
-                                "or choose another name.")
-    _remove_stale_parts(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".part",
-                               dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        publish_file(tmp, dest, overwrite)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
-
-
-def publish_file(tmp: str | os.PathLike, dest: Path, overwrite: bool = False) -> None:
-    """Move a finished temp file (same folder as ``dest``) into place in one atomic step.
-
-    Without ``overwrite`` an existing ``dest`` is never replaced, even one created meanwhile.
-    For outputs too big to hold in memory (videos), written to the temp file directly.
-    """
-    os.chmod(tmp, 0o644)
-    if overwrite:
-        os.replace(tmp, dest)
-        return
-    try:
-        os.link(tmp, dest)  # atomic "create if absent"
-    except FileExistsError:
-        raise OutputExistsError(f"{dest} appeared while writing; not overwritten.") from None
-    except OSError:  # file systems without hard links
-        if dest.exists():
-            raise OutputExistsError(f"{dest} already exists; not overwritten.") from None
-        os.replace(tmp, dest)
-        return
-    os.unlink(tmp)
-
-
-def _remove_stale_parts(dest: Path) -> None:
-    """Delete temp files a killed writer of ``dest`` left behind (``.NAME.PID.xxx.part`` whose PID
-    is gone); a live writer's temp file is left alone."""
-    for part in dest.parent.glob(f".{glob_escape(dest.name)}.*.part"):
-        pid = part.name[len(dest.name) + 2:].split(".", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            part.unlink()
-            log.info("removed %s, left by an interrupted run", part)
-        except OSError:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but not ours (EPERM), or a platform without signals
-        return True
-    return True
-
-
 def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike, *,
                metadata: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Save ``image`` atomically; create parent folders; refuse to overwrite unless asked.
@@ -385,7 +295,5 @@ def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike, *,
     if fmt is None:
         raise InvalidParameterError(f"{dest}: unknown image suffix {dest.suffix!r}; use one of "
                                     f"{', '.join(sorted(_FORMATS))}.")
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} already exists; pass overwrite=True (CLI: --overwrite) "
-                                "or choose another name.")
+    refuse_existing(dest, overwrite)  # before encoding: a big image costs seconds to encode
     return atomic_write(dest, encode_image(image, fmt, metadata), overwrite=overwrite)

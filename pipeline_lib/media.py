@@ -21,7 +21,8 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError,
                      InvalidParameterError, OutputExistsError, PipelineError)
-from .images import atomic_write, max_input_pixels, publish_file, save_image
+from .images import max_input_pixels, save_image
+from .outputs import atomic_write, publish_file
 from .upscale import DEFAULT_UPSCALER, upscale
 from .upscale.sizing import max_output_pixels
 

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from .errors import ImageReadError
+from .samplers import SCHEDULERS, scheduler_from_label
 
 __all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata"]
 
@@ -53,8 +54,6 @@ def format_parameters(params: dict[str, Any]) -> str:
 
     Unicode, commas and newlines in the prompts survive a round trip; a prompt *line* that
     itself starts with ``Negative prompt:`` cannot (the A1111 format has no escape for it)."""
-    from .generate.presets import SCHEDULERS
-
     lines = [str(params.get("prompt", ""))]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
@@ -77,8 +76,6 @@ def format_parameters(params: dict[str, Any]) -> str:
 
 def parse_parameters(text: str) -> dict[str, Any]:
     """Parse A1111 ``parameters`` text into our keys (unknown fields kept under their label)."""
-    from .generate.presets import scheduler_from_label
-
     lines = text.rstrip("\n").split("\n")  # only the end: a prompt may start with a newline
     last = lines[-1] if lines else ""
     if re.search(r"(^|,\s*)Steps:\s*\d", last):

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import config
+
 __all__ = ["TEST_ENV", "test_mode", "environment", "system_report", "print_system",
            "test_presets", "model_choices", "study_presets", "study_kwargs", "demo_image", "demo_prompt", "defaults"]
 
@@ -29,7 +31,7 @@ def test_mode(value: bool | None = None) -> bool:
     """``value`` if given, else whether ``PIPELINE_LIB_NOTEBOOK_TEST`` is set to a true value."""
     if value is not None:
         return bool(value)
-    return os.environ.get(TEST_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return config.get(TEST_ENV)
 
 
 def environment() -> str:

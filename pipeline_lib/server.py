@@ -35,7 +35,7 @@ from .errors import (ImageReadError, ImageTooLargeError, InvalidParameterError, 
 from .images import encode_image, read_image
 from .upscale import (DEFAULT_UPSCALER, choose_backend, resolve_model, list_upscalers,
                       load_upscaler, upscale)
-from .upscale.backends import RUN_OPTIONS
+from .upscale.backends import run_options
 from .upscale.registry import MODELS, ModelSpec
 from .upscale.sizing import check_scale, parse_size, target_size, working_canvas
 from .upscale.tiling import check_tiling
@@ -219,7 +219,7 @@ def create_app(model: str = DEFAULT_UPSCALER, device: str | None = None,
     served = target.name if isinstance(target, ModelSpec) else str(model)
     # tiling and a diffusion upscaler's per-call settings (steps, noise_level...) go to every
     # upscale() call; the rest are load options
-    per_call = {"tile", "overlap", *RUN_OPTIONS.get(chosen, ())}
+    per_call = {"tile", "overlap", *run_options(chosen)}
     per_request = {k: upscale_opts.pop(k) for k in list(upscale_opts) if k in per_call}
     # Bad settings fail here, at start-up, not on every request (or in a background load).
     check_tiling(per_request.get("tile"), per_request.get("overlap"))

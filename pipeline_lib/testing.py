@@ -21,6 +21,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from . import config
+
 __all__ = ["tiny_sd_pipeline_dir", "tiny_sdxl_pipeline_dir", "tiny_sd_single_file",
            "tiny_sd_x4_upscaler_dir", "tiny_sd_x2_latent_upscaler_dir",
            "write_byte_level_tokenizer", "default_root"]
@@ -33,7 +35,7 @@ MAX_TOKENS = 77
 
 def default_root() -> Path:
     """Where fixtures go when no root is given: ``$PIPELINE_LIB_CACHE/tiny`` or the temp dir."""
-    base = os.environ.get("PIPELINE_LIB_CACHE")
+    base = config.get("PIPELINE_LIB_CACHE")
     return Path(base) / "tiny" if base else Path(tempfile.gettempdir()) / "pipeline_lib_tiny"
 
 

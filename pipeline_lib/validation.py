@@ -16,7 +16,7 @@ import secrets
 from .errors import InvalidParameterError
 
 __all__ = ["MAX_SEED", "MAX_GUIDANCE", "is_whole", "check_int", "check_float", "check_guidance",
-           "check_seed", "parse_seed", "check_text", "check_flag", "check_strength"]
+           "check_seed", "parse_seed", "check_text", "check_flag", "check_strength", "check_callback"]
 
 #: Seeds are 32-bit, like A1111 and ComfyUI, so a seed copied from either reproduces here.
 MAX_SEED = 2 ** 32 - 1
@@ -115,3 +115,9 @@ def check_flag(value, name: str) -> bool | None:
         return value
     raise InvalidParameterError(f"{name} must be True, False or None (None = the default for the "
                                 f"device), got {value!r}.")
+
+
+def check_callback(value, name: str = "on_progress") -> None:
+    """None, or a function called as ``value(done, total)``."""
+    if value is not None and not callable(value):
+        raise InvalidParameterError(f"{name} must be a function (done, total), got {value!r}.")

@@ -210,9 +210,16 @@ def _shape_lines(path: Path) -> list[tuple[int, str]]:
         shapes[tok.start[0]].append(word)
     out = []
     for line, words in sorted(shapes.items()):
+        if words[0] in ("import", "from") or words[:1] == ["@"]:
+            continue  # import lists and decorators are boilerplate, not logic
         if sum(w not in "()[]{},:." for w in words) >= 2:  # a lone bracket or name is no evidence
             out.append((line, " ".join(words)))
     return out
+
+
+def _is_boilerplate(window: tuple[str, ...]) -> bool:
+    """Field declarations and similar lists: few distinct line shapes, nothing computed."""
+    return len(set(window)) < 4
 
 
 def repeated_blocks(min_lines: int = MIN_DUPLICATE_LINES) -> list[str]:
@@ -224,6 +231,8 @@ def repeated_blocks(min_lines: int = MIN_DUPLICATE_LINES) -> list[str]:
         for i in range(len(lines) - min_lines + 1):
             window = tuple(s for _, s in lines[i:i + min_lines])
             start, end = lines[i][0], lines[i + min_lines - 1][0]
+            if _is_boilerplate(window):
+                continue
             first = seen.get(window)
             if first is None:
                 seen[window] = (name, start, end)

@@ -114,8 +114,8 @@ def test_latent_handoff_skips_decode(x2):
         return orig
 
     restore = [(pipe.vae, "decode", spy(pipe.vae, "decode", "sd_decode")),
-               (up.info["pipeline"].vae, "encode", spy(up.info["pipeline"].vae, "encode", "up_encode")),
-               (up.info["pipeline"].vae, "decode", spy(up.info["pipeline"].vae, "decode", "up_decode"))]
+               (up.native.pipe.vae, "encode", spy(up.native.pipe.vae, "encode", "up_encode")),
+               (up.native.pipe.vae, "decode", spy(up.native.pipe.vae, "decode", "up_decode"))]
     try:
         res = text_to_image("a cat", model=sd, upscaler=x2, size=128, width=64, height=48,
                             seed=3, **KW)[0]

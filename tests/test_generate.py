@@ -284,7 +284,7 @@ def test_cpu_bf16_generation_where_native(sd_dir, monkeypatch):
     pipeline in bf16 and draws the fp32 picture up to bf16 rounding; without it, a clear error."""
     import torch
 
-    from pipeline_lib.generate import memory
+    from pipeline_lib import memory
 
     ref = pl.generate("a red apple", model=sd_dir, seed=7, device="cpu", **FAST)[0]
     monkeypatch.setattr(memory, "supports_bf16", lambda d: False)

@@ -8,8 +8,9 @@ import pytest
 
 import pipeline_lib as pl
 from pipeline_lib.errors import InvalidParameterError
+from pipeline_lib import samplers
 from pipeline_lib.generate import presets
-from pipeline_lib.generate.memory import plan_memory
+from pipeline_lib.memory import plan_memory
 
 
 def test_every_preset_is_consistent():
@@ -22,12 +23,12 @@ def test_every_preset_is_consistent():
         assert hasattr(cls, "from_pretrained") and hasattr(cls, "from_single_file"), p.name
         assert p.size[0] % p.multiple == 0 and p.size[1] % p.multiple == 0, p.name
         assert p.multiple == (64 if "XL" in p.pipeline_class else 8), p.name
-        assert p.scheduler in presets.SCHEDULERS, p.name
+        assert p.scheduler in samplers.SCHEDULERS, p.name
         assert p.step_range[0] <= p.steps <= p.step_range[1], p.name
         # built-in presets name Hub repos; presets registered at run time (the notebooks' tiny
         # offline ones, in this same test process) may name local folders
         assert p.repo.count("/") == 1 or Path(p.repo).is_dir(), p.name
-    for name, (cls_name, _cfg, _label) in presets.SCHEDULERS.items():
+    for name, (cls_name, _cfg, _label) in samplers.SCHEDULERS.items():
         assert cls_name is None or hasattr(diffusers, cls_name), name
     turbo = presets.get_preset("sdxl-turbo")
     assert (turbo.steps, turbo.guidance, turbo.size, turbo.step_range) == (1, 0.0, (512, 512), (1, 4))
@@ -69,7 +70,7 @@ def test_memory_profiles_on_cpu():
 
 
 def test_cpu_bf16_plan_only_where_native(monkeypatch):
-    from pipeline_lib.generate import memory
+    from pipeline_lib import memory
 
     monkeypatch.setattr(memory, "supports_bf16", lambda d: False)
     with pytest.raises(InvalidParameterError, match="no native bf16.*AVX512-BF16"):
@@ -83,7 +84,7 @@ def test_cpu_bf16_plan_only_where_native(monkeypatch):
 def test_bf16_refused_without_native_support(monkeypatch):
     import torch
 
-    from pipeline_lib.generate import memory
+    from pipeline_lib import memory
 
     # pretend to be a 16 GB P100 (compute 6.0)
     monkeypatch.setattr(memory, "resolve_device", lambda d: torch.device("cuda", 0))

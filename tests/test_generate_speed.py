@@ -9,7 +9,7 @@ import torch
 import pipeline_lib as pl
 from pipeline_lib.errors import InvalidParameterError
 from pipeline_lib.generate import pipeline as pipeline_mod
-from pipeline_lib.generate.memory import plan_memory
+from pipeline_lib.memory import plan_memory
 
 FAST = dict(steps=2, width=64, height=64, progress=False, seed=7)
 # Same maths in another kernel order: fp32 rounding only. Latents (float) must agree to 1e-4

@@ -7,7 +7,7 @@ import torch
 
 import pipeline_lib.gpu_guard as gpu_guard
 from pipeline_lib.generate import pipeline as gp
-from pipeline_lib.generate.memory import MemoryPlan
+from pipeline_lib.memory import MemoryPlan
 
 
 class FakePipe:

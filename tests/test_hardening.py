@@ -377,7 +377,7 @@ def test_two_inputs_with_one_output_name_do_not_silently_skip(tmp_path, capsys):
 def oom_on_bright(monkeypatch):
     """Make the cached CPU upscaler run out of memory on every tile of a bright image."""
     up = load_upscaler(FAST, device="cpu")
-    module = up.info["module"]
+    module = up.native
     real = module.forward
 
     def forward(x):
@@ -400,7 +400,7 @@ def test_oom_error_names_the_settings_to_change(oom_on_bright):
 
 def test_cpu_allocator_failure_also_backs_off(monkeypatch):
     up = load_upscaler(FAST, device="cpu")
-    module = up.info["module"]
+    module = up.native
     real = module.forward
 
     def forward(x):

@@ -25,7 +25,7 @@ from pipeline_lib import cli
 from pipeline_lib.batch import run_batch
 from pipeline_lib.errors import (GenerationOutOfMemoryError, ImageReadError, ImageTooLargeError,
                                  InvalidParameterError)
-from pipeline_lib.generate.memory import MemoryPlan
+from pipeline_lib.memory import MemoryPlan
 from pipeline_lib.testing import tiny_sd_pipeline_dir
 
 FAST = dict(steps=2, width=32, height=32, progress=False)

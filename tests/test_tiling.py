@@ -47,7 +47,7 @@ def test_rrdbnet_tiled_on_a_photo(crop):
 
 def test_oom_backoff_halves_tiles_and_matches(crop, caplog):
     up = load_upscaler(FAST, device="cpu")
-    module = up.info["module"]
+    module = up.native
     real_forward = module.forward
     calls = []
 

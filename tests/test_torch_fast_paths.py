@@ -28,7 +28,7 @@ def up():
 def _plain(up, batch: np.ndarray) -> np.ndarray:
     """The reference: the same module, NCHW-contiguous fp32 input, no other tricks."""
     with torch.inference_mode():
-        y = up.info["module"](torch.from_numpy(np.ascontiguousarray(batch)))
+        y = up.native(torch.from_numpy(np.ascontiguousarray(batch)))
     return y.clamp(0, 1).contiguous().numpy()
 
 
@@ -50,7 +50,7 @@ def test_batched_tiles_match_one_by_one(up):
 
 def test_cpu_defaults_no_batching_no_compile(up):
     assert up.batch == 1
-    assert up.info["compiled"] is False
+    assert "compiled" not in up.speedups
     assert up.default_tile == 384  # SRVGG compact on CPU (RRDBNet gets 256)
 
 
@@ -181,9 +181,9 @@ def test_x4plus_on_cpu_matches_spandrel():
     from spandrel import ModelLoader
 
     up = load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", progress=False)
-    assert up.info["fused_upconvs"] == 2
+    assert "fused_upconv×2" in up.speedups
     ref = ModelLoader().load_from_state_dict(
-        torch_backend.load_state_dict(Path(up.info["weights"]))).model.eval()
+        torch_backend.load_state_dict(Path(up.weights))).model.eval()
     x = np.random.default_rng(2).random((1, 3, 24, 20), dtype=np.float32)
     with torch.inference_mode():
         want = ref(torch.from_numpy(x)).clamp(0, 1).numpy()
@@ -263,7 +263,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
                       tile=0, progress=False, full_result=True)
         assert res.dtype == "bfloat16"
         assert load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", dtype="bf16",
-                             progress=False).info["fp32_trunk"] is trunk
+                             progress=False).speedups.count("fp32_trunk") == int(trunk)
         outs[trunk] = np.asarray(res.image).astype(np.int16)
         assert outs[trunk].shape == ref.shape == (128, 128, 3)
     mixed, whole = psnr(outs[True], ref), psnr(outs[False], ref)
@@ -273,7 +273,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
 
 # --- finishing on the device (Upscaler.run_whole): on a GPU by default; forced onto the CPU here
 # (the module, not the upscale() function that pipeline_lib.upscale also names)
-U = importlib.import_module("pipeline_lib.upscale")
+U = importlib.import_module("pipeline_lib.upscale.api")
 
 
 @pytest.fixture

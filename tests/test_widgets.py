@@ -156,7 +156,7 @@ def test_upload_upscale_and_save(ui, small_photo):
     assert path.name == "face-96x80.png"
     with Image.open(path) as img:
         assert img.size == (96, 80)
-        assert img.text["upscaler"] == "realesr-animevideov3" and img.text["upscale_factor"] == "2"
+        assert img.text["upscaler"] == "realesr-animevideov3" and img.text["upscale_by"] == "2"
 
 
 def test_zoom_crop_follows_sliders(ui, small_photo):

@@ -45,7 +45,8 @@ def free_name(folder: Path, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generate import generate, size_for_aspect, text_to_image
+    from ..compose import text_to_image
+    from ..generate import generate, size_for_aspect
     from ..upscale.sizing import parse_size
 
     width = height = None

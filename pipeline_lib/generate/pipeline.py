@@ -11,8 +11,9 @@ from typing import Any
 
 from ..errors import InvalidParameterError, UnknownModelError, WeightsError
 from ..gpu_guard import register_gpu_evictor
-from .memory import MemoryPlan, apply_plan, plan_memory
-from .presets import SCHEDULERS, Preset, find_preset, get_preset
+from ..memory import MemoryPlan, apply_plan, plan_memory
+from ..samplers import SCHEDULERS
+from .presets import Preset, find_preset, get_preset
 
 __all__ = ["SINGLE_FILE_SUFFIXES", "Loaded", "current_pipeline", "set_scheduler", "unload_pipeline",
            "move_off_gpu", "get_loaded", "load_pipeline", "get_refiner"]

@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidParameterError, UnknownModelError
+from ..samplers import SCHEDULERS
 
-__all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "SCHEDULERS",
-           "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
-           "scheduler_label", "scheduler_from_label", "check_scheduler", "round_to", "resolve_size",
+__all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
+           "round_to", "resolve_size",
            "parse_aspect", "size_for_aspect"]
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Preset:
     steps: int
     guidance: float
     size: tuple[int, int]  # default (width, height)
-    scheduler: str = "default"  # key of SCHEDULERS
+    scheduler: str = "default"  # key of samplers.SCHEDULERS
     negative_prompt: str = ""
     multiple: int = 8  # generated sides are rounded to this
     vae: str | None = None  # replacement VAE repo (for "noVAE" checkpoints)
@@ -103,22 +103,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 DEFAULT_PRESET = "absolute-reality"
 
 # name → (diffusers class, extra config, A1111 sampler label). "default" keeps the model's own.
-SCHEDULERS: dict[str, tuple[str | None, dict, str]] = {
-    "default": (None, {}, "Default"),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
-    "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler",
-                           {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"},
-                           "DPM++ 2M SDE Karras"),
-    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
-    "ddim": ("DDIMScheduler", {}, "DDIM"),
-    "deis": ("DEISMultistepScheduler", {}, "DEIS"),
-    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
-    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
-    "pndm": ("PNDMScheduler", {}, "PLMS"),
-}
-
 ASPECTS: dict[str, tuple[int, int]] = {
     "square": (1, 1), "portrait": (2, 3), "portrait-3:4": (3, 4), "portrait-9:16": (9, 16),
     "landscape": (3, 2), "landscape-4:3": (4, 3), "landscape-16:9": (16, 9),
@@ -165,33 +149,6 @@ def get_preset(name: str) -> Preset:
             f"unknown model preset {name!r}.{hint} Presets: {', '.join(PRESETS)}; you can also "
             "pass a Hub repo id ('owner/name'), a local diffusers folder or a .safetensors/.ckpt file.")
     return preset
-
-
-def scheduler_label(name: str) -> str:
-    return SCHEDULERS[name][2]
-
-
-def scheduler_from_label(label: str) -> str | None:
-    """Map an A1111 sampler label ("DPM++ 2M Karras") back to our scheduler key."""
-    text = label.strip().lower()
-    for key, (_cls, _cfg, lab) in SCHEDULERS.items():
-        if text in (key, lab.lower()):
-            return key
-    return None
-
-
-def check_scheduler(name: str | None) -> str | None:
-    if name is None:
-        return None
-    key = str(name).strip().lower()
-    if key not in SCHEDULERS:
-        key = scheduler_from_label(str(name)) or key
-    if key not in SCHEDULERS:
-        close = difflib.get_close_matches(key, list(SCHEDULERS), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InvalidParameterError(f"unknown scheduler {name!r}.{hint} Use one of "
-                                    f"{', '.join(SCHEDULERS)}.")
-    return key
 
 
 # ------------------------------------------------------------------ sizes

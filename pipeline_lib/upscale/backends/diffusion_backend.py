@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...errors import InvalidParameterError, TileOutOfMemoryError, UnknownModelError, WeightsError
+from ...validation import MAX_SEED, check_guidance, check_int
 from ..registry import ModelSpec
-from . import Upscaler
+from .base import BACKENDS, Upscaler
+
+__all__ = ["load", "upscale_latents", "accepts_latents", "check_run_options", "RUN_OPTIONS", "KINDS",
+           "DiffusionModel"]
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +37,27 @@ X4, LATENT = "StableDiffusionUpscalePipeline", "StableDiffusionLatentUpscalePipe
 #: recommendations: x4 with CFG 9 and noise_level 20, the latent upscaler without CFG).
 KINDS = {X4: {"scale": 4, "steps": 25, "guidance": 9.0, "noise_level": 20},
          LATENT: {"scale": 2, "steps": 20, "guidance": 0.0, "noise_level": None}}
-RUN_OPTIONS = frozenset({"prompt", "negative_prompt", "steps", "guidance", "noise_level", "seed"})
+RUN_OPTIONS = BACKENDS["diffusion"].run_options
 LOAD_OPTIONS = frozenset({"memory"})
 # Input tile side for the x4 model: at fp16 a 256² tile (UNet at 256², VAE decode to 1024², tiled)
 # stays well under 16 GB; 128² when less than ~10 GB is free.
 X4_TILE_BIG, X4_TILE_SMALL = 256, 128
 
 
+@dataclass
+class DiffusionModel:
+    """What a loaded diffusion upscaler runs (``Upscaler.native``)."""
+
+    pipe: Any
+    kind: str  # X4 or LATENT
+    multiple: int  # input pixel multiple the UNet needs
+    plan: Any  # the memory plan it was loaded with
+
+
 def _source(target: ModelSpec | str | Path) -> tuple[str, str, str]:
     """(source for from_pretrained, pipeline class name, display name)."""
     if isinstance(target, ModelSpec):
-        return target.extra["repo"], target.extra["pipeline"], target.name
+        return target.repo, target.pipeline, target.name
     folder = Path(target)
     index = folder / "model_index.json"
     if not index.is_file():
@@ -96,8 +112,6 @@ def _pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
 def check_run_options(kind: str, max_noise: int | None, prompt="", negative_prompt=None,
                       steps=None, guidance=None, noise_level=None, seed=None) -> dict:
     """Validate per-call options and fill defaults; raises :class:`InvalidParameterError`."""
-    from ...generate import MAX_SEED, _check_guidance, _check_int
-
     d = KINDS[kind]
     if not isinstance(prompt, str) or (negative_prompt is not None and not isinstance(negative_prompt, str)):
         raise InvalidParameterError("prompt and negative_prompt must be text.")
@@ -105,12 +119,12 @@ def check_run_options(kind: str, max_noise: int | None, prompt="", negative_prom
         raise InvalidParameterError("noise_level applies to sd-x4 only; the x2 latent upscaler "
                                     "has no noise-level input.")
     return {"prompt": prompt, "negative_prompt": negative_prompt or None,
-            "steps": _check_int(d["steps"] if steps is None else steps, "steps", 1, 1000),
-            "guidance": _check_guidance(d["guidance"] if guidance is None else guidance),
-            "noise_level": (None if kind == LATENT else _check_int(
+            "steps": check_int(d["steps"] if steps is None else steps, "steps", 1, 1000),
+            "guidance": check_guidance(d["guidance"] if guidance is None else guidance),
+            "noise_level": (None if kind == LATENT else check_int(
                 d["noise_level"] if noise_level is None else noise_level, "noise_level", 0, max_noise)),
             # an upscaler should be repeatable by default: no seed means seed 0, not a random one
-            "seed": _check_int(0 if seed is None else seed, "seed", 0, MAX_SEED)}
+            "seed": check_int(0 if seed is None else seed, "seed", 0, MAX_SEED)}
 
 
 def _call(pipe, kind: str, image: torch.Tensor, o: dict) -> torch.Tensor:
@@ -143,7 +157,7 @@ def _default_tile(kind: str, device: str) -> int:
 def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool = True,
          memory: str = "auto", **options) -> Upscaler:
     """Load an x4 / x2-latent upscaler (registry spec or local diffusers folder) once."""
-    from ...generate.memory import apply_plan, plan_memory
+    from ...memory import apply_plan, plan_memory
 
     unknown = set(options) - LOAD_OPTIONS
     if unknown:
@@ -178,13 +192,13 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
 
     return Upscaler(name=name, backend="diffusion", scale=KINDS[kind]["scale"], run=run,
                     device=plan.device, dtype=plan.dtype, default_tile=_default_tile(kind, plan.device),
-                    release=release, run_options=RUN_OPTIONS,
-                    info={"pipeline": pipe, "kind": kind, "multiple": multiple, "plan": plan})
+                    release=release, run_options=RUN_OPTIONS, architecture=kind, weights=source,
+                    native=DiffusionModel(pipe, kind, multiple, plan))
 
 
 def accepts_latents(up: Upscaler) -> bool:
     """True for an x2 latent upscaler (it can take SD-1.x/2.x latents directly)."""
-    return up.backend == "diffusion" and up.info.get("kind") == LATENT
+    return up.backend == "diffusion" and up.native.kind == LATENT
 
 
 @torch.inference_mode()
@@ -194,19 +208,18 @@ def upscale_latents(up: Upscaler, latents: torch.Tensor, **opts) -> np.ndarray:
     multiple (reflect) and the picture cropped back."""
     if not accepts_latents(up):
         raise InvalidParameterError(f"{up.name} does not take latents; use sd-x2-latent.")
-    pipe = up.info["pipeline"]
+    model: DiffusionModel = up.native
+    pipe = model.pipe
     o = check_run_options(LATENT, None, **opts)
     if latents.ndim == 3:
         latents = latents[None]
     if latents.shape[1] != pipe.vae.config.latent_channels:
         raise InvalidParameterError(f"latents have {latents.shape[1]} channels; the latent "
                                     f"upscaler wants {pipe.vae.config.latent_channels} (SD-1.x/2.x).")
-    plan = up.info["plan"]
+    plan = model.plan
     x, h, w = _pad(latents.to(plan.device, plan.torch_dtype),
-                   max(1, up.info["multiple"] // pipe.vae_scale_factor))
+                   max(1, model.multiple // pipe.vae_scale_factor))
     y = _call(pipe, LATENT, x, o)
     s = 2 * pipe.vae_scale_factor
     return y[..., : h * s, : w * s].float().clamp_(0, 1).cpu().numpy()
 
-
-__all__ = ["load", "upscale_latents", "accepts_latents", "check_run_options", "RUN_OPTIONS", "KINDS"]

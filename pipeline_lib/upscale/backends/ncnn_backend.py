@@ -293,5 +293,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         dtype="fp16" if (vk is not None and fp16 is not False) or fp16 else "fp32",
         default_tile=MAX_TILE if compact else 200, max_tile=MAX_TILE,
         default_scale=spec.default_scale if spec else None, release=release,
-        info={"param": str(param_path), "bin": str(bin_path), "threads": n_threads,
-              "vulkan_device": vk.name if vk else None, "input": in_blob, "output": out_blob})
+        architecture="ncnn", weights=str(param_path), native=net, threads=n_threads)

@@ -93,7 +93,7 @@ def bundled_path(filename: str) -> Path:
 def _resolve(target: ModelSpec | str | Path, progress: bool) -> tuple[Path, str, int, str]:
     """(weight file, setModel algorithm, scale, display name) for a spec or a local .pb file."""
     if isinstance(target, ModelSpec):
-        algo, filename = target.extra.get("algo"), target.extra.get("file")
+        algo, filename = target.algo, target.file
         if not algo or not filename:
             raise InvalidParameterError(f"{target.name} is not an OpenCV dnn_superres model; "
                                         f"use backend={target.backends[0]!r}.")
@@ -171,4 +171,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         return out
 
     return Upscaler(name=name, backend="opencv", scale=scale, run=run, device=dev, dtype=dt,
-                    default_tile=_TILE[algo], info={"architecture": algo.upper(), "weights": str(path)})
+                    default_tile=_TILE[algo], architecture=algo.upper(), weights=str(path))

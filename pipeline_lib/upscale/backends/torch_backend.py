@@ -217,5 +217,7 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         dtype=str(dt).replace("torch.", ""), default_tile=tile, batch=_auto_batch(desc, dev, dt, tile),
         default_scale=target.default_scale if isinstance(target, ModelSpec) else None,
         release=release, run_whole=run_whole,
-        info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
-              "compiled": compile, "fused_upconvs": fused_upconvs, "fp32_trunk": fp32_trunk})
+        architecture=desc.architecture.name, weights=str(path), native=module,
+        speedups=tuple(name for name, on in (("compiled", compile),
+                                             (f"fused_upconv×{fused_upconvs}", fused_upconvs),
+                                             ("fp32_trunk", fp32_trunk)) if on))

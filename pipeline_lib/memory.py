@@ -8,11 +8,12 @@ offload); a CPU runs fp32 (bf16 when asked, on CPUs with native bf16). ``fast`` 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
-from ..devices import resolve_device, supports_bf16
-from ..errors import InvalidParameterError
+from . import config
+from .devices import resolve_device, supports_bf16
+from .errors import InvalidParameterError
+from .validation import check_flag
 
 __all__ = ["PROFILES", "BIG_GPU_BYTES", "TILE_VAE_PIXELS", "MemoryPlan", "COMPILE_ENV",
            "compile_default", "plan_memory", "apply_plan", "prepare_vae"]
@@ -44,25 +45,11 @@ class MemoryPlan:
 
 
 COMPILE_ENV = "PIPELINE_LIB_COMPILE"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-
-
-def _check_flag(value, name: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidParameterError(f"{name} must be True, False or None (None = the default for the "
-                                f"device), got {value!r}.")
 
 
 def compile_default() -> bool:
     """``PIPELINE_LIB_COMPILE`` as a bool (unset → False); anything unclear is an error."""
-    raw = os.environ.get(COMPILE_ENV, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise InvalidParameterError(f"{COMPILE_ENV}={raw!r} is not understood; set it to 1 (compile the "
-                                "UNet) or 0, or unset it.")
+    return config.get(COMPILE_ENV)
 
 
 def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool = False,
@@ -77,9 +64,9 @@ def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool
     """
     from dataclasses import replace
 
-    channels_last = _check_flag(channels_last, "channels_last")
-    fuse_qkv = _check_flag(fuse_qkv, "fuse_qkv")
-    compile = _check_flag(compile, "compile")
+    channels_last = check_flag(channels_last, "channels_last")
+    fuse_qkv = check_flag(fuse_qkv, "fuse_qkv")
+    compile = check_flag(compile, "compile")
     plan = _plan_memory(memory, device, dtype=dtype, xformers=xformers)
     cuda = plan.device.startswith("cuda")
     # xformers installs its own attention processors, which fusing would replace.
