@@ -83,7 +83,7 @@ def plan_memory(memory: str = "auto", device=None, *, dtype=None, xformers: bool
 
 
 def _plan_memory(memory: str, device, *, dtype, xformers: bool) -> MemoryPlan:
-    from ..devices import resolve_dtype
+    from .devices import resolve_dtype
 
     key = str(memory).strip().lower()
     if key not in PROFILES:

@@ -4,7 +4,7 @@ The text is what AUTOMATIC1111, ComfyUI importers and Civitai read::
 
     a portrait of an old fisherman
     Negative prompt: blurry, cartoon
-    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 42, Size: 512x768, Model: absolute-reality
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 42, Size: 512x768, Model: absolute-reality
 
 >>> p = parse_parameters(format_parameters({"prompt": "a cat", "negative_prompt": "", "steps": 2,
 ...     "guidance": 7.0, "seed": 5, "width": 64, "height": 64, "model": "sd-1.5"}))
@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from .errors import ImageReadError
-from .samplers import SCHEDULERS, scheduler_from_label
+from .samplers import SCHEDULERS, a1111_sampler, scheduler_from_label
 
 __all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata"]
 
@@ -28,9 +28,10 @@ __all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metad
 GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
                  "model", "scheduler")
 
-# our key → A1111 label, in the order A1111 writes them
-_FIELDS = [("steps", "Steps"), ("sampler", "Sampler"), ("guidance", "CFG scale"), ("seed", "Seed"),
-           ("size", "Size"), ("model", "Model"), ("upscaler", "Postprocess upscaler"),
+# our key → A1111 label, in the order A1111 (≥ 1.9) writes them
+_FIELDS = [("steps", "Steps"), ("sampler", "Sampler"), ("schedule_type", "Schedule type"),
+           ("guidance", "CFG scale"), ("seed", "Seed"), ("size", "Size"),
+           ("model_hash", "Model hash"), ("model", "Model"), ("upscaler", "Postprocess upscaler"),
            ("upscale_by", "Postprocess upscale by"), ("upscale_size", "Postprocess upscale to"),
            ("version", "Version")]
 _LABEL_TO_KEY = {label.lower(): key for key, label in _FIELDS}
@@ -48,18 +49,25 @@ def _num(v: float) -> str:
     return f"{v:g}" if float(v) != int(v) else str(int(v))
 
 
+def _strip_line_ends(text: str) -> str:
+    return "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+
+
 def format_parameters(params: dict[str, Any]) -> str:
     """The A1111 text for ``params`` (prompt, negative_prompt, steps, guidance, seed, width,
     height, model, scheduler, and optionally upscaler, upscale_by, upscale_size, version).
 
     Unicode, commas and newlines in the prompts survive a round trip; a prompt *line* that
     itself starts with ``Negative prompt:`` cannot (the A1111 format has no escape for it)."""
-    lines = [str(params.get("prompt", ""))]
+    lines = [_strip_line_ends(str(params.get("prompt", "")))]
     if params.get("negative_prompt"):
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
+        lines.append(f"Negative prompt: {_strip_line_ends(str(params['negative_prompt']))}")
     values = dict(params)
     sched = params.get("scheduler") or "default"
-    values["sampler"] = SCHEDULERS[sched][2] if sched in SCHEDULERS else sched
+    if sched in SCHEDULERS and sched != "default":  # "default" is no A1111 name: left out
+        values["sampler"], values["schedule_type"] = a1111_sampler(sched)
+    elif sched not in SCHEDULERS:
+        values["sampler"] = sched
     if "guidance" in params:
         values["guidance"] = _num(params["guidance"])
     if "width" in params and "height" in params:
@@ -84,6 +92,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
         body, fields_line = lines, ""
     prompt_lines, neg_lines, in_neg = [], [], False
     for line in body:
+        line = line.rstrip(" \t")  # as A1111 does; CLIP ignores them anyway
         if line.startswith("Negative prompt:"):
             in_neg = True
             line = line[len("Negative prompt:"):].lstrip()
@@ -107,10 +116,31 @@ def parse_parameters(text: str) -> dict[str, Any]:
     size = out.pop("size", None)
     if isinstance(size, str) and re.fullmatch(r"\d+x\d+", size):
         out["width"], out["height"] = map(int, size.split("x"))
-    sampler = out.pop("sampler", None)
+    sampler, schedule = out.pop("sampler", None), out.pop("schedule_type", None)
     if sampler is not None:
-        out["scheduler"] = scheduler_from_label(sampler) or sampler
+        out["scheduler"] = scheduler_from_label(sampler, schedule) or sampler
     return out
+
+
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+
+
+def _exif_user_comment(img) -> str | None:
+    """A1111's JPEG/WebP parameters: EXIF UserComment, an 8-byte charset tag then the text
+    (``UNICODE`` as UTF-16 — big-endian per the standard, little-endian from some writers)."""
+    try:
+        raw = img.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # no or broken EXIF: simply no parameters there
+        return None
+    if isinstance(raw, str):
+        return raw or None
+    if not isinstance(raw, bytes) or len(raw) <= 8:
+        return None
+    tag, body = raw[:8], raw[8:]
+    if tag.startswith(b"UNICODE"):
+        texts = [body.decode(enc, errors="replace") for enc in ("utf-16-be", "utf-16-le")]
+        return max(texts, key=lambda t: sum(c.isascii() and c.isprintable() or c == "\n" for c in t))
+    return body.decode("utf-8", errors="replace").strip("\x00") or None
 
 
 def read_metadata(path: str | os.PathLike, *, extra: bool = False) -> dict[str, Any]:
@@ -132,14 +162,16 @@ def read_metadata(path: str | os.PathLike, *, extra: bool = False) -> dict[str, 
 
     try:
         with Image.open(path) as img:
-            text = img.info.get("parameters") or getattr(img, "text", {}).get("parameters")
+            text = (img.info.get("parameters") or getattr(img, "text", {}).get("parameters")
+                    or _exif_user_comment(img))
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file.") from None
     except OSError as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc}).") from None
     if not text:
         raise ImageReadError(f"{path} carries no generation parameters (no 'parameters' text "
-                             "chunk); only PNGs saved by pipeline_lib or A1111 have them.")
+                             "chunk, no EXIF UserComment); only images saved by pipeline_lib or "
+                             "A1111 have them.")
     if not isinstance(text, str):
         raise ImageReadError(f"{path}: its 'parameters' entry is not text ({type(text).__name__}).")
     parsed = parse_parameters(text)

@@ -12,7 +12,8 @@ import difflib
 
 from .errors import InvalidParameterError
 
-__all__ = ["SCHEDULERS", "scheduler_label", "scheduler_from_label", "check_scheduler"]
+__all__ = ["SCHEDULERS", "scheduler_label", "scheduler_from_label", "check_scheduler",
+           "a1111_sampler", "scheduler_of"]
 
 #: key → (diffusers class or None for the model's own, extra config, A1111 label)
 SCHEDULERS: dict[str, tuple[str | None, dict, str]] = {
@@ -36,11 +37,35 @@ def scheduler_label(name: str) -> str:
     return SCHEDULERS[name][2]
 
 
-def scheduler_from_label(label: str) -> str | None:
-    """Map an A1111 sampler label ("DPM++ 2M Karras") back to our scheduler key."""
+def a1111_sampler(name: str) -> tuple[str, str | None]:
+    """(``Sampler``, ``Schedule type``) as A1111 ≥ 1.9 writes them: "DPM++ 2M", "Karras"."""
+    label = SCHEDULERS[name][2]
+    if label.endswith(" Karras"):
+        return label[:-len(" Karras")], "Karras"
+    return label, None
+
+
+def scheduler_from_label(label: str, schedule: str | None = None) -> str | None:
+    """Map an A1111 sampler label back to our key: "DPM++ 2M Karras" (before 1.9), or "DPM++ 2M"
+    with ``schedule`` "Karras" (1.9 and later; "Automatic" means the sampler's own schedule)."""
     text = label.strip().lower()
+    if schedule and schedule.strip().lower() not in ("", "automatic", "uniform"):
+        text = f"{text} {schedule.strip().lower()}"
     for key, (_cls, _cfg, lab) in SCHEDULERS.items():
         if text in (key, lab.lower()):
+            return key
+    return None
+
+
+def scheduler_of(scheduler) -> str | None:
+    """Our key for a diffusers scheduler object (a model's own one), None when it has none."""
+    cls = type(scheduler).__name__
+    config = getattr(scheduler, "config", {})
+    for key, (name, extra, _label) in SCHEDULERS.items():
+        if name == cls and all(config.get(k) == v for k, v in extra.items()) and (
+                key != "dpm++2m" or not config.get("use_karras_sigmas")):
+            if key == "dpm++2m" and config.get("algorithm_type") == "sde-dpmsolver++":
+                continue
             return key
     return None
 

@@ -49,7 +49,7 @@ def check_float(value, name: str, low: float, high: float, *, hint: str = "",
                 low_open: bool = False) -> float:
     """``value`` as a finite float in ``low..high`` (``low_open``: ``low`` itself excluded)."""
     extra = f" ({hint})" if hint else ""
-    bound = f"{'>' if low_open else '≥'} {low:g} and ≤ {high:g}"
+    bound = f"> {low:g} and ≤ {high:g}" if low_open else f"in {low:g}..{high:g}"
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 import math
 
 import numpy as np
@@ -140,14 +141,16 @@ def test_metadata_round_trip_recreates_pixels(sd_dir, tmp_path):
     path = g.save(tmp_path / "img.png")
     meta = pl.read_metadata(path)
     assert meta == {"prompt": g.params["prompt"], "negative_prompt": "fog, rain", "steps": 2,
-                    "guidance": 7.0, "seed": 99, "width": 64, "height": 64, "model": sd_dir,
-                    "scheduler": "dpm++2m-karras"}
+                    "guidance": 7.0, "seed": 99, "width": 64, "height": 64,
+                    "model": Path(sd_dir).name, "scheduler": "dpm++2m-karras"}
     from PIL import Image
 
     text = Image.open(path).info["parameters"]
-    assert "Negative prompt: fog, rain" in text and "Sampler: DPM++ 2M Karras" in text
+    assert "Negative prompt: fog, rain" in text
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text  # A1111 ≥ 1.9's spelling
+    assert sd_dir not in text  # a local model is named by its folder, never its absolute path
     assert "Steps: 2" in text and "CFG scale: 7" in text and "Seed: 99" in text and "Size: 64x64" in text
-    again = pl.generate(**meta, progress=False)[0]
+    again = pl.generate(**{**meta, "model": sd_dir}, progress=False)[0]
     assert np.array_equal(arr(again.image), arr(g.image))
     with pytest.raises(OutputExistsError):
         g.save(path)
@@ -164,7 +167,7 @@ def test_parse_a1111_text():
     assert p["negative_prompt"] == "ugly, blurry"
     assert (p["steps"], p["guidance"], p["seed"], p["width"], p["height"]) == (25, 6.5, 3141, 512, 768)
     assert p["scheduler"] == "euler-a" and p["model"] == "epicrealism"
-    assert p["Lora hashes"] == "x: 1, y: 2" and p["Model hash"] == "abc123"
+    assert p["Lora hashes"] == "x: 1, y: 2" and p["model_hash"] == "abc123"
 
 
 def test_read_metadata_errors(tmp_path):

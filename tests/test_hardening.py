@@ -220,8 +220,10 @@ def test_corrupt_pinned_download_in_cache_is_detected_offline(tmp_path, monkeypa
     assert "Delete it" in msg and "PIPELINE_LIB_OFFLINE" in msg and spec.weights.url in msg
     assert _sha(bad) == before
     # auto falls back to another model and says why; the damaged file is still not used
+    with pytest.raises(WeightsError, match="failed its sha256 checksum"):  # named: never swapped
+        upscale(small_photo.crop((0, 0, 12, 10)), spec.name, device="cpu", progress=False)
     res = upscale(small_photo.crop((0, 0, 12, 10)), spec.name, device="cpu", progress=False,
-                  full_result=True)
+                  full_result=True, fallback=True)
     assert res.model != spec.name and "failed its sha256 checksum" in res.fallback
 
 

@@ -410,7 +410,8 @@ def test_metadata_round_trip_with_unicode_newlines_commas(sd_dir, tmp_path, prom
     meta = pl.read_metadata(g.save(tmp_path / "m.png"))
     assert meta["prompt"] == prompt and meta["negative_prompt"] == negative
     assert (meta["seed"], meta["steps"], meta["width"], meta["height"]) == (42, 2, 32, 32)
-    again = pl.generate(**meta, device="cpu", progress=False)[0]
+    assert meta["model"] == Path(sd_dir).name  # the folder's name, not the user's path
+    again = pl.generate(**{**meta, "model": sd_dir}, device="cpu", progress=False)[0]
     assert np.array_equal(np.asarray(again.image), np.asarray(g.image))
 
 

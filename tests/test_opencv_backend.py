@@ -204,13 +204,26 @@ def test_auto_falls_back_when_weights_are_unavailable(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PIPELINE_LIB_CACHE", str(tmp_path))
     caplog.set_level(logging.INFO, "pipeline_lib")
     img = Image.new("RGB", (20, 14), (120, 80, 40))
-    res = upscale(img, "realesrgan-x2plus", progress=False, full_result=True)
+    res = upscale(img, "realesrgan-x2plus", progress=False, full_result=True, fallback=True)
     assert (res.model, res.backend, res.image.size) == ("espcn-x2", "opencv", (40, 28))
     assert res.image.info["upscaler"] == "espcn-x2"
     assert "realesrgan-x2plus on torch" in res.fallback and "edsr-x2 on opencv" in res.fallback
     assert res.image.info["upscale_fallback"] == res.fallback
     lines = [r.getMessage() for r in caplog.records if "upscaler auto" in r.getMessage()]
     assert len(lines) == 1 and "using espcn-x2 on opencv instead of realesrgan-x2plus" in lines[0]
+
+
+def test_a_named_model_is_never_swapped(tmp_path, monkeypatch):
+    """Offline with an empty cache, realesrgan-x2plus cannot load: without fallback=True that is
+    an error naming the file, its URL, its sha256 and where to put it — not an ESPCN picture."""
+    monkeypatch.setenv("PIPELINE_LIB_CACHE", str(tmp_path))
+    spec = MODELS["realesrgan-x2plus"]
+    with pytest.raises(WeightsError) as err:
+        upscale(Image.new("RGB", (20, 14)), "realesrgan-x2plus", progress=False)
+    msg = str(err.value)
+    assert spec.weights.url in msg and spec.weights.sha256 in msg and "fallback=True" in msg
+    assert str(tmp_path / "weights" / spec.weights.filename) in msg
+    assert not list(tmp_path.rglob("*.part"))
 
 
 def test_auto_without_torch_uses_opencv(tmp_path):
@@ -227,7 +240,8 @@ def test_auto_without_torch_uses_opencv(tmp_path):
         from pipeline_lib import upscale
         res = upscale(Image.new("RGB", (40, 30), (10, 200, 30)), progress=False, full_result=True)
         print("RESULT", res.model, res.backend, res.image.size, res.image.info["upscale_backend"])
-        half = upscale(Image.new("RGB", (40, 30)), "realesr-animevideov3-x2", progress=False)
+        half = upscale(Image.new("RGB", (40, 30)), "realesr-animevideov3-x2", progress=False,
+                       fallback=True)
         print("RESULT2", half.info["upscaler"], half.size)
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_LIB_OFFLINE": "1",

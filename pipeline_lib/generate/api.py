@@ -20,7 +20,7 @@ from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from ..heap import reuse_freed_memory
 from ..memory import prepare_vae
 from ..metadata import GENERATE_KEYS, format_parameters
-from ..samplers import check_scheduler
+from ..samplers import check_scheduler, scheduler_of
 from ..validation import check_callback, check_guidance, check_int, check_seed, check_text
 from ..version import __version__
 from .oom import free_after_oom, is_out_of_memory, oom_advice
@@ -82,6 +82,7 @@ class _Job:
     seed: int
     num_images: int
     model_name: str
+    model_hash: str | None = None
 
 
 def _warn_if_truncated(pipe, prompt: str, what: str) -> None:
@@ -118,7 +119,7 @@ def _fill_defaults(loaded: Loaded, model, prompt: str, negative_prompt, steps, g
                 guidance=guidance if guidance is not None else (preset.guidance if preset else 7.0),
                 width=w, height=h, scheduler=scheduler or (preset.scheduler if preset else "default"),
                 seed=seed, num_images=num_images,
-                model_name=preset.name if preset else str(model))
+                model_name=preset.name if preset else loaded.name)
 
 
 def _pipeline_kwargs(loaded: Loaded, job: _Job, on_progress) -> dict[str, Any]:
@@ -176,13 +177,19 @@ def _run_or_explain_oom(loaded: Loaded, job: _Job, kwargs: dict, output_type: st
                                                 job.height))
 
 
-def _results(images, job: _Job) -> list[GeneratedImage]:
+def _results(images, job: _Job, loaded: Loaded) -> list[GeneratedImage]:
+    # "default" is the model's own scheduler: record which one that is, in A1111's words
+    scheduler = job.scheduler
+    if scheduler == "default":
+        scheduler = scheduler_of(loaded.original_scheduler) or "default"
     out = []
     for i, img in enumerate(images):
         params = {"prompt": job.prompt, "negative_prompt": job.negative, "steps": job.steps,
                   "guidance": job.guidance, "seed": job.seed + i, "width": job.width,
-                  "height": job.height, "model": job.model_name, "scheduler": job.scheduler,
+                  "height": job.height, "model": job.model_name, "scheduler": scheduler,
                   "version": f"pipeline_lib {__version__}"}
+        if loaded.model_hash:
+            params["model_hash"] = loaded.model_hash
         out.append(GeneratedImage(img, job.seed + i, params))
     return out
 
@@ -248,4 +255,4 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
     log.info("generated %d image(s) %dx%d with %s in %.1fs (seed %d)", num_images, job.width,
              job.height, job.model_name, time.perf_counter() - t0, seed)
     # 5. one GeneratedImage per picture, with everything needed to make it again
-    return _results(images, job)
+    return _results(images, job, loaded)

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..errors import InvalidParameterError, UnknownModelError, WeightsError
 from ..gpu_guard import register_gpu_evictor
+from ..hashing import a1111_short_hash
+from ..hub import hub_access
 from ..memory import MemoryPlan, apply_plan, plan_memory
 from ..samplers import SCHEDULERS
 from .presets import Preset, find_preset, get_preset
@@ -34,6 +36,8 @@ class Loaded:
     original_scheduler: Any = None
     refiner: Any = None
     offloaded_to_cpu: bool = False
+    name: str = ""  # what metadata calls the model: preset, repo id, or a local file's stem
+    model_hash: str | None = None  # A1111's short hash, for single-file checkpoints
 
 
 _CURRENT: Loaded | None = None
@@ -71,6 +75,14 @@ def _resolve(model: str | Path) -> tuple[str, str, Preset | None]:
     return "hub", source, preset
 
 
+def _display_name(kind: str, source: str) -> str:
+    """A local model's file stem or folder name (never its absolute path, which would leak
+    the user's folders into every shared image); a Hub repo id as it is."""
+    if kind == "file":
+        return Path(source).stem
+    return Path(source).name if kind == "folder" else source
+
+
 def _pipeline_class(kind: str, source: str, config: str | None, preset: Preset | None):
     import diffusers
 
@@ -93,12 +105,15 @@ def _pipeline_class(kind: str, source: str, config: str | None, preset: Preset |
 
 def _load(kind: str, source: str, preset: Preset | None, plan: MemoryPlan, config: str | None,
           progress: bool):
+    # before importing diffusers: fail in seconds when the Hub cannot be reached, not after retries
+    hub = hub_access(source) if kind == "hub" else {}
     import diffusers
 
     dtype = plan.torch_dtype
-    kwargs: dict[str, Any] = {"dtype": dtype}  # diffusers ≥ 0.42 spelling of torch_dtype
+    kwargs: dict[str, Any] = {"dtype": dtype, **hub}  # diffusers ≥ 0.42 spelling of torch_dtype
     if preset and preset.vae:
-        kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(preset.vae, dtype=dtype)
+        kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
+            preset.vae, dtype=dtype, **hub_access(preset.vae, "VAE", "config.json"))
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
     try:
@@ -119,8 +134,8 @@ def _load(kind: str, source: str, preset: Preset | None, plan: MemoryPlan, confi
     except (OSError, EnvironmentError, ValueError) as exc:
         hint = ("; for a single file pass config=<local diffusers folder or repo id> so no "
                 "download is needed" if kind == "file" else
-                "; check the repo id, log in with `hf auth login` for gated models, or unset "
-                "HF_HUB_OFFLINE" if kind == "hub" else "")
+                "; check the repo id, or log in with `hf auth login` for gated models"
+                if kind == "hub" else "")
         raise WeightsError(f"could not load model {source!r}: {exc}{hint}") from exc
     finally:
         if not progress:
@@ -202,7 +217,8 @@ def get_loaded(model: str | Path = "absolute-reality", *, device=None, memory: s
         pipe = _load(kind, source, preset, plan, config, progress)
         apply_plan(pipe, plan)
         loaded = Loaded(base_key + (config,), pipe, plan, source, preset, "default",
-                        original_scheduler=pipe.scheduler)
+                        original_scheduler=pipe.scheduler, name=_display_name(kind, source),
+                        model_hash=a1111_short_hash(source) if kind == "file" else None)
         _CURRENT = loaded
         return loaded
 
@@ -239,9 +255,9 @@ def get_refiner(loaded: Loaded, progress: bool = True):
         kwargs = ({"variant": loaded.preset.variant}
                   if loaded.plan.dtype == "float16" and loaded.preset.variant else {})
         try:
-            refiner = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(repo, text_encoder_2=loaded.pipe.text_encoder_2,
-                                          vae=loaded.pipe.vae, dtype=loaded.plan.torch_dtype,
-                                          **kwargs)
+            refiner = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                repo, text_encoder_2=loaded.pipe.text_encoder_2, vae=loaded.pipe.vae,
+                dtype=loaded.plan.torch_dtype, **kwargs, **hub_access(repo, "refiner"))
         except (OSError, ValueError) as exc:
             raise WeightsError(f"could not load the refiner {repo!r}: {exc}") from exc
         apply_plan(refiner, loaded.plan)

@@ -25,7 +25,7 @@ from .cache import load_upscaler, load_with_fallback, split_options
 from .pixels import from_float, resize, to_float
 from .progress import ReportingBar
 from .registry import MODELS
-from .sizing import SizeArg, check_canvas, passes_needed, target_size
+from .sizing import SizeArg, check_canvas, pass_inputs, passes_needed, target_size
 from .targets import DEFAULT_UPSCALER, choose_backend, resolve_model
 from .tiling import check_tiling, count_tiles, one_call, run_with_backoff
 
@@ -107,11 +107,12 @@ def _bind_run(up: Upscaler, run_opts: dict, fallback: str | None):
 
 
 def _plan(model, w: int, h: int, scale, size, tile, overlap, backend, device, dtype,
-          progress: bool, options: dict) -> _Plan:
-    target = resolve_model(model)
+          progress: bool, fallback: bool, options: dict) -> _Plan:
+    target = resolve_model(DEFAULT_UPSCALER if model is None else model)
     options, run_opts = split_options(options)
     if backend == "auto":  # may substitute a model: result.model/backend and .info say which
-        up, fallback = load_with_fallback(target, device, dtype, progress, options)
+        up, fallback = load_with_fallback(target, device, dtype, progress, options,
+                                          substitutes=fallback or model is None)
     else:
         up = load_upscaler(target, device, dtype, backend=choose_backend(target, backend),
                            progress=progress, **options)
@@ -132,10 +133,11 @@ def _plan(model, w: int, h: int, scale, size, tile, overlap, backend, device, dt
 def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar,
                 run) -> tuple[np.ndarray, int]:
     for i in range(passes):
-        remaining = passes - i
+        sizes = pass_inputs(chw.shape[2], chw.shape[1], up.scale, passes - i)
 
-        def on_retry(new_tile: int, _chw=chw, _left=remaining) -> None:
-            bar.total = bar.n + count_tiles(_chw.shape[1], _chw.shape[2], new_tile, overlap) * _left
+        def on_retry(new_tile: int, _sizes=sizes) -> None:
+            # the pass starts again with smaller tiles: what is left is all of it and the later ones
+            bar.total = bar.n + sum(count_tiles(h, w, new_tile, overlap) for w, h in _sizes)
             bar.refresh()
 
         chw, tile = run_with_backoff(run, chw, up.scale, tile, overlap, up.batch, bar, on_retry)
@@ -186,19 +188,29 @@ def _upscale_planes(p: _Plan, arr: np.ndarray, bar) -> tuple[np.ndarray, int]:
     return from_float(chw, arr.dtype), used_tile
 
 
-def _tile_runs(p: _Plan, arr: np.ndarray) -> int:
-    """How many times the tiler runs over the image: per pass, colour and a varying alpha."""
-    channels = arr.shape[2]
+def _total_tiles(p: _Plan, arr: np.ndarray) -> int:
+    """Tiles over every pass (each pass reads a bigger image), twice for a varying alpha."""
+    h, w, channels = arr.shape
     varying_alpha = channels in (2, 4) and arr[..., -1].min() != arr[..., -1].max()
-    alpha_runs = varying_alpha and get_backend(p.up.backend).alpha_as_picture
-    return p.passes * (2 if alpha_runs else 1)
+    planes = 2 if varying_alpha and get_backend(p.up.backend).alpha_as_picture else 1
+    sizes = pass_inputs(w, h, p.up.scale, p.passes)
+    return planes * sum(count_tiles(ph, pw, p.tile, p.overlap) for pw, ph in sizes)
+
+
+def _log_plan(p: _Plan, w: int, h: int, total: int) -> None:
+    made = (w * p.up.scale ** p.passes, h * p.up.scale ** p.passes)
+    finish = "" if made == p.out_size else f", resized to {p.out_size[0]}×{p.out_size[1]}"
+    log.info("upscale plan: %d×%d → %s ×%d, %d pass%s → %d×%d%s; %s, %d tile run%s", w, h,
+             p.up.name, p.up.scale, p.passes, "" if p.passes == 1 else "es", *made, finish,
+             f"tile {p.tile}" if p.tile else "untiled", total, "" if total == 1 else "s")
 
 
 def _execute(p: _Plan, arr: np.ndarray, progress: bool, on_progress) -> tuple[np.ndarray, int]:
     from tqdm.auto import tqdm
 
     h, w = arr.shape[:2]
-    total = _tile_runs(p, arr) * count_tiles(h, w, p.tile, p.overlap)  # later passes refine it
+    total = _total_tiles(p, arr)
+    _log_plan(p, w, h, total)
     out_arr = None
     # reuse_freed_memory: see pipeline_lib/heap.py (page faults were 10-15 % of a CPU run)
     with reuse_freed_memory(), tqdm(total=total, desc=f"upscale {p.up.name}", unit="tile",
@@ -217,11 +229,11 @@ def _execute(p: _Plan, arr: np.ndarray, progress: bool, on_progress) -> tuple[np
     return out_arr, used_tile
 
 
-def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: float | None = None,
+def upscale(image: ImageInput, model: str | Path | None = None, *, scale: float | None = None,
             size: SizeArg = None, tile: int | None = None, overlap: int | None = None,
             backend: str = "auto", device=None, dtype=None, progress: bool = True,
             full_result: bool = False, on_progress: Callable[[int, int], object] | None = None,
-            **options):
+            fallback: bool = False, **options):
     """Upscale ``image`` with ``model`` to ``scale`` × or to ``size``; return the same kind of image.
 
     ``image`` is a path (EXIF orientation applied), a PIL image, or a uint8/uint16 numpy array
@@ -236,12 +248,16 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: f
     :class:`UpscaleResult` instead of the bare image. ``on_progress(done, total)`` is called
     after every tile (live progress for front ends; ``total`` counts the tiles of every pass).
 
-    ``backend="auto"`` runs ``model`` on torch when torch imports and its weights are available
-    (packaged, cached or downloadable); otherwise it falls back, in order, to Real-ESRGAN, EDSR
-    (cached or downloadable), then the bundled FSRCNN / ESPCN / LapSRN at the model's output scale
-    (OpenCV, no torch needed), logging one line that says what it chose and why. What actually ran
-    is reported: ``UpscaleResult.model`` / ``.backend`` (and ``.fallback``, the reason), and for
-    PIL output ``.info["upscaler"]``, ``["upscale_backend"]`` and ``["upscale_fallback"]``.
+    ``model=None`` is the default, ``realesrgan-x4plus``. ``backend="auto"`` runs the model on
+    torch when torch imports and its weights are available (packaged, cached or downloadable),
+    else on its other backends (ncnn). A model you named is never swapped for another: if it
+    cannot run here the error says how to get it (URL, sha256, where to put the file). Only when
+    no model was named, or with ``fallback=True``, does auto fall back, in order, to Real-ESRGAN,
+    EDSR (cached or downloadable), then the bundled ESPCN / FSRCNN / LapSRN at the model's output
+    scale (OpenCV, no torch needed), logging one line that says what it chose and why. What
+    actually ran is reported: ``UpscaleResult.model`` / ``.backend`` (and ``.fallback``, the
+    reason), and for PIL output ``.info["upscaler"]``, ``["upscale_backend"]`` and
+    ``["upscale_fallback"]``.
 
     Diffusion upscalers (``sd-x4``, ``sd-x2-latent`` or a local diffusers folder of either) take
     per-call ``prompt``, ``negative_prompt``, ``steps``, ``guidance``, ``noise_level`` (x4 only)
@@ -260,7 +276,8 @@ def upscale(image: ImageInput, model: str | Path = DEFAULT_UPSCALER, *, scale: f
     t0 = time.perf_counter()
     arr, meta = read_image(image)
     h, w = arr.shape[:2]
-    p = _plan(model, w, h, scale, size, tile, overlap, backend, device, dtype, progress, options)
+    p = _plan(model, w, h, scale, size, tile, overlap, backend, device, dtype, progress, fallback,
+              options)
     out_arr, used_tile = _execute(p, arr, progress, on_progress)
     result = to_output(out_arr, meta)
     up = p.up

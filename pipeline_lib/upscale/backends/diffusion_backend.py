@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...hub import hub_access
 from ...errors import InvalidParameterError, TileOutOfMemoryError, UnknownModelError, WeightsError
 from ...validation import MAX_SEED, check_guidance, check_int
 from ..registry import ModelSpec
@@ -75,17 +76,17 @@ def _from_pretrained(source: str, cls_name: str, dtype, progress: bool):
     cls = getattr(diffusers, cls_name)
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
+    hub = {} if Path(source).is_dir() else hub_access(source, "diffusion upscaler")
     try:
         if dtype == torch.float16 and not Path(source).is_dir():
             try:
-                return cls.from_pretrained(source, dtype=dtype, variant="fp16")
+                return cls.from_pretrained(source, dtype=dtype, variant="fp16", **hub)
             except (OSError, ValueError) as exc:
                 log.info("no fp16 variant of %s (%s); loading the full-precision files", source, exc)
-        return cls.from_pretrained(source, dtype=dtype)
+        return cls.from_pretrained(source, dtype=dtype, **hub)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"could not load the diffusion upscaler {source!r}: {exc}; check the "
-                           "repo id or folder, or unset HF_HUB_OFFLINE / PIPELINE_LIB_OFFLINE so "
-                           "it can download (~1-3 GB).") from exc
+                           "repo id or folder.") from exc
     finally:
         if not progress:
             diffusers.utils.logging.enable_progress_bar()
