@@ -86,7 +86,7 @@ def test_tile_above_400_is_clamped(small_photo):
 def test_missing_package_says_how_to_install(monkeypatch, small_photo):
     unload_upscalers()
     monkeypatch.setitem(sys.modules, "ncnn", None)  # makes `import ncnn` raise ImportError
-    with pytest.raises(BackendUnavailableError, match=r"pip install pipeline_lib\[ncnn\]"):
+    with pytest.raises(BackendUnavailableError, match=r"pip install ncnn"):
         upscale(small_photo, "realesr-animevideov3", backend="ncnn", progress=False)
 
 

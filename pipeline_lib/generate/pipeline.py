@@ -16,6 +16,7 @@ from ..hub import hub_access
 from ..memory import MemoryPlan, apply_plan, plan_memory
 from ..samplers import SCHEDULERS
 from .presets import Preset, find_preset, get_preset
+from .stand_ins import stand_in
 
 __all__ = ["SINGLE_FILE_SUFFIXES", "Loaded", "current_pipeline", "set_scheduler", "unload_pipeline",
            "move_off_gpu", "get_loaded", "load_pipeline", "get_refiner"]
@@ -56,6 +57,7 @@ def _resolve(model: str | Path) -> tuple[str, str, Preset | None]:
         raise InvalidParameterError("model is empty; pass a preset name (e.g. 'absolute-reality'), "
                                     "a Hub repo id, a diffusers folder or a .safetensors file.")
     preset = find_preset(text)
+    preset = stand_in(text, preset) or preset
     source = preset.repo if preset else text
     path = Path(source).expanduser()
     if path.is_dir():

@@ -98,6 +98,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            guidance=7.5, size=(768, 768), scheduler="dpm++2m-karras",
            negative_prompt=BASE_NEGATIVE, variant="fp16",
            description="Stable Diffusion 2.1 (v-prediction, 768²)"),
+    # built on first use by generate/stand_ins.py (no download); listed so people find it
+    Preset("tiny-random", "built-in", "StableDiffusionPipeline", steps=2, guidance=5.0,
+           size=(64, 64), description="random weights, makes NOISE: an offline smoke test"),
 ]}
 
 DEFAULT_PRESET = "absolute-reality"

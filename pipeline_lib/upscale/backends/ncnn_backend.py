@@ -2,7 +2,7 @@
 
 This is what ``realesrgan-ncnn-vulkan`` runs, driven through the official ``ncnn`` Python package
 instead of a subprocess, so it shares the library's tiler, progress bar and error handling.
-The package is optional: ``pip install pipeline_lib[ncnn]`` (or ``pip install ncnn``).
+The package is optional: ``pip install ncnn`` (in a checkout: ``pip install -e ".[ncnn]"``).
 
 Options (keyword arguments of ``upscale()`` / ``load_upscaler()`` with ``backend="ncnn"``):
 ``use_gpu`` (default: only when a hardware Vulkan device exists), ``gpu_index``, ``threads``,
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 #: The most reliable tile size for Real-ESRGAN's ncnn models (larger tiles fail on some drivers).
 MAX_TILE = 400
-_INSTALL_HINT = "install it with `pip install pipeline_lib[ncnn]` (or `pip install ncnn`)"
+_INSTALL_HINT = "install it with `pip install ncnn` (in a checkout of pipeline_lib: `pip install -e \".[ncnn]\"`)"
 _SOFTWARE = re.compile(r"llvmpipe|lavapipe|swiftshader|softpipe", re.I)
 # GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 cpu (software rasteriser)
 _TYPE_NAMES = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendUnavailableError, InvalidParameterError, WeightsError
+from ...hashing import sha256_file
 from .. import weights as W
 from ..registry import ModelSpec
 from . import Upscaler
@@ -82,11 +83,11 @@ def bundled_path(filename: str) -> Path:
     want = _bundled_sums().get(filename)
     if want is None or not path.is_file():
         raise WeightsError(f"bundled model {path} is missing; reinstall pipeline_lib.")
-    got = W.sha256_file(path)
+    got = sha256_file(path)
     if got != want:
         raise WeightsError(f"bundled model {path} is corrupt: sha256 {got}, expected {want} "
-                           "(from SHA256SUMS beside it). Reinstall pipeline_lib "
-                           "(pip install --force-reinstall pipeline_lib).")
+                           "(from SHA256SUMS beside it). Reinstall pipeline_lib from its checkout "
+                           "(pip install --force-reinstall --no-deps -e .).")
     return path
 
 
