@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ImageReadError
 from .samplers import SCHEDULERS, a1111_sampler, scheduler_from_label
 
-__all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata"]
+__all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata", "carried_over"]
 
 #: Keys ``generate()`` accepts; ``read_metadata`` returns only these unless ``extra=True``.
 GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
@@ -47,6 +47,13 @@ def _quote(value: Any) -> str:
 
 def _num(v: float) -> str:
     return f"{v:g}" if float(v) != int(v) else str(int(v))
+
+
+def carried_over(info: dict) -> dict[str, str]:
+    """What an image made from another keeps of its text metadata: the generation ``parameters``
+    and earlier upscale records — not unrelated chunks such as an editor's ``Comment``."""
+    return {k: v for k, v in info.items() if isinstance(k, str) and isinstance(v, str)
+            and (k == "parameters" or k.startswith("upscale"))}
 
 
 def _strip_line_ends(text: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InvalidParameterError, TileOutOfMemoryError
 from ..heap import reuse_freed_memory
 from ..images import ImageInput, read_image, to_output
+from ..metadata import carried_over
 from ..validation import check_callback
 from .backends import Upscaler, get_backend
 from .cache import load_upscaler, load_with_fallback, split_options
@@ -59,10 +60,10 @@ class UpscaleResult:
     fallback: str | None = None
 
     def as_metadata(self) -> dict[str, str]:
-        """Text chunks for the saved file: the source's own (e.g. generation parameters) plus
-        which upscaler made this image (and, after an automatic fallback, why)."""
-        meta = {**self.source_metadata, "upscaler": self.model, "upscale_backend": self.backend,
-                "upscale_by": f"{self.scale:g}"}
+        """Text chunks for the saved file: the source's generation parameters (not its unrelated
+        chunks) plus which upscaler made this image (and, after an automatic fallback, why)."""
+        meta = {**carried_over(self.source_metadata), "upscaler": self.model,
+                "upscale_backend": self.backend, "upscale_by": f"{self.scale:g}"}
         if self.fallback:
             meta["upscale_fallback"] = self.fallback
         return meta
