@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import config
 from .errors import ImageReadError, ImageTooLargeError, InvalidParameterError
 from .outputs import atomic_write, refuse_existing
+from .validation import check_int
 
 __all__ = ["DEFAULT_MAX_INPUT_PIXELS", "max_input_pixels", "ImageMeta", "ImageInput", "read_image",
            "to_output", "encode_image", "save_image"]
@@ -116,10 +117,7 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> tuple[np.ndarr
     >>> arr.shape, meta.kind
     ((512, 512, 3), 'pil')
     """
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
-                                   or max_pixels < 1):
-        raise InvalidParameterError(f"max_pixels must be a positive integer, got {max_pixels!r}.")
-    limit = max_pixels or max_input_pixels()
+    limit = max_input_pixels() if max_pixels is None else check_int(max_pixels, "max_pixels", 1)
     if isinstance(src, np.ndarray):
         arr, meta = _from_numpy(src)
         _check_pixels(arr.shape[1], arr.shape[0], limit, "array")

@@ -29,19 +29,27 @@ def is_whole(value) -> bool:
     return not isinstance(value, bool) and (isinstance(value, int) or hasattr(value, "__index__"))
 
 
-def _range(low, high) -> str:
-    return f"{low}..{high}" if high is not None else f"≥ {low}"
+def _range(low, high, unit: str = "") -> str:
+    if high is not None:
+        return f"in {low}..{high}"
+    return f"≥ {low} {unit}" if unit else f"≥ {low}"
 
 
-def check_int(value, name: str, low: int, high: int | None = None, *, hint: str = "") -> int:
-    """``value`` as an int in ``low..high`` (``high=None``: no upper bound)."""
+def check_int(value, name: str, low: int, high: int | None = None, *, hint: str = "",
+              unit: str = "") -> int:
+    """``value`` as an int in ``low..high`` (``high=None``: no upper bound); ``unit`` (e.g.
+    "pixel") words an open range as "a whole number of pixels" / "≥ 1 pixel"."""
     extra = f" ({hint})" if hint else ""
+    if low == 1 and high is None and not unit:
+        kind, rng = "a positive integer", "a positive integer"
+    else:
+        kind = f"a whole number {f'of {unit}s' if unit and high is None else _range(low, high)}"
+        rng = _range(low, high, unit)
     if not is_whole(value):
-        raise InvalidParameterError(f"{name} must be a whole number in {_range(low, high)}"
-                                    f"{extra}, got {value!r}.")
+        raise InvalidParameterError(f"{name} must be {kind}{extra}, got {value!r}.")
     v = int(value)
     if v < low or (high is not None and v > high):
-        raise InvalidParameterError(f"{name} must be in {_range(low, high)}{extra}, got {v}.")
+        raise InvalidParameterError(f"{name} must be {rng}{extra}, got {v}.")
     return v
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidParameterError, UnknownModelError
 from ..samplers import SCHEDULERS
+from ..validation import check_int
 
 __all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
            "round_to", "resolve_size",
@@ -156,25 +157,13 @@ def get_preset(name: str) -> Preset:
 
 # ------------------------------------------------------------------ sizes
 def _side(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
-        raise InvalidParameterError(f"{what} must be a whole number of pixels, got {value!r}.")
-    v = int(value)
-    if v < 1:
-        raise InvalidParameterError(f"{what} must be ≥ 1 pixel, got {v}.")
+    v = check_int(value, what, 1, unit="pixel")
     if v > MAX_SIDE:
         raise InvalidParameterError(
             f"{what}={v} is larger than {MAX_SIDE}: diffusion models repeat subjects and run out of "
             "memory that large. Generate at the model's size and use text_to_image(size=...) or "
             "upscale() to reach big outputs.")
     return v
-
-
-def _positive_int(value, name: str, unit: str, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
-        raise InvalidParameterError(f"{name} must be a whole number in 1..{high} ({unit}), got {value!r}.")
-    if not 1 <= int(value) <= high:
-        raise InvalidParameterError(f"{name} must be in 1..{high} ({unit}), got {int(value)}.")
-    return int(value)
 
 
 def round_to(v: float, multiple: int) -> int:
@@ -230,10 +219,11 @@ def size_for_aspect(aspect: str, model: str | None = None, *, area: int | None =
     rw, rh = parse_aspect(aspect)
     preset = find_preset(model) if model else None
     if area is not None:
-        area = _positive_int(area, "area", f"pixels, e.g. 512*512; at most {MAX_SIDE ** 2}",
-                             MAX_SIDE ** 2)
+        area = check_int(area, "area", 1, MAX_SIDE ** 2,
+                         hint=f"pixels, e.g. 512*512; at most {MAX_SIDE ** 2}")
     if multiple is not None:
-        multiple = _positive_int(multiple, "multiple", "the side multiple: 8 for SD-1.x, 64 for SDXL", 256)
+        multiple = check_int(multiple, "multiple", 1, 256,
+                             hint="the side multiple: 8 for SD-1.x, 64 for SDXL")
     area = area or (preset.area if preset else 512 * 512)
     multiple = multiple or (preset.multiple if preset else 8)
     w = math.sqrt(area * rw / rh)
