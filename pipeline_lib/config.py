@@ -53,6 +53,8 @@ _DECLARED = (
     Setting("PIPELINE_LIB_COMPILE", "bool", False, "torch.compile the UNet by default"),
     Setting("PIPELINE_LIB_NOTEBOOK_TEST", "bool", False,
             "notebooks' test mode: tiny offline pipelines and small sizes"),
+    Setting("PIPELINE_LIB_INSTALL_DIR", "path", None,
+            "where the notebooks' install cell clones/unpacks (default /content or /kaggle/working)"),
     Setting("PIPELINE_LIB_SERVER_MAX_UPLOAD_BYTES", "int", 20 * 1024 * 1024,
             "HTTP: largest request body"),
     Setting("PIPELINE_LIB_SERVER_MAX_INPUT_PIXELS", "int", 2048 * 2048, "HTTP: largest input"),

@@ -21,6 +21,7 @@ from typing import Any
 from . import config
 
 __all__ = ["TEST_ENV", "test_mode", "environment", "system_report", "print_system",
+           "fresh_versions", "changed_modules", "print_restart_advice",
            "test_presets", "model_choices", "study_presets", "study_kwargs", "demo_image", "demo_prompt", "defaults"]
 
 TEST_ENV = "PIPELINE_LIB_NOTEBOOK_TEST"
@@ -69,6 +70,39 @@ def print_system() -> dict[str, Any]:
     print(f"environment: {r['environment']}{'  [notebook test mode: tiny offline models]' if r['test_mode'] else ''}\n"
           f"python {r['python']}, torch {r['torch'] or 'not installed'}\nGPU: {gpu}")
     return r
+
+
+def fresh_versions(modules) -> dict[str, str]:
+    """The versions a restarted session would import (asked of a new interpreter)."""
+    import json
+    import subprocess
+
+    code = ("import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n    try:\n"
+            "        out[m] = getattr(importlib.import_module(m), '__version__', '?')\n"
+            "    except Exception as e:\n        out[m] = 'broken: ' + type(e).__name__\n"
+            "print(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True,
+                          timeout=300)
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+
+
+def changed_modules(before: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Modules this session imported before an install whose installed version is now another:
+    name → (loaded, installed). Non-empty means the session must restart to use them."""
+    now = fresh_versions(list(before))
+    return {m: (v, now[m]) for m, v in before.items() if m in now and now[m] != v}
+
+
+def print_restart_advice(before: dict[str, str]) -> bool:
+    """After ``pip install`` in a notebook: say whether the session must restart (True if so)."""
+    changed = changed_modules(before)
+    if not changed:
+        print("pipeline_lib is installed; no package this session had loaded changed: go on.")
+        return False
+    what = ", ".join(f"{m} {a} → {b}" for m, (a, b) in sorted(changed.items()))
+    print(f"pipeline_lib is installed, but it changed packages this session had already loaded "
+          f"({what}).\nRuntime → Restart session, then run from the next cell.")
+    return True
 
 
 def test_presets() -> list[str]:
