@@ -5,6 +5,7 @@ import functools
 import re
 
 from .errors import InvalidParameterError
+from .gpu_support import unsupported_gpu_reason
 
 __all__ = ["resolve_device", "resolve_dtype", "supports_bf16", "cpu_has_native_bf16", "free_memory"]
 
@@ -21,7 +22,10 @@ def resolve_device(device: "str | object | None" = None) -> "torch.device":  # n
 
     if device is None:
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            index = torch.cuda.current_device()
+            if unsupported_gpu_reason(index) is None:  # a P100 under a torch without sm_60: CPU
+                return torch.device("cuda", index)
+            return torch.device("cpu")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -40,6 +44,11 @@ def resolve_device(device: "str | object | None" = None) -> "torch.device":  # n
         if idx >= n:
             raise InvalidParameterError(f"device {device!r} does not exist: this machine has {n} "
                                         f"CUDA device(s), cuda:0..cuda:{n - 1}.")
+        reason = unsupported_gpu_reason(idx)
+        if reason is not None:  # named by the user: an error, not a silent CPU run
+            raise InvalidParameterError(f"device {device!r}: {reason.split(': running on')[0]}. "
+                                        f"Use device='cpu', or fix torch: "
+                                        f"{reason.rsplit(': ', 1)[-1]}")
         return torch.device("cuda", idx)
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InvalidParameterError("device 'mps' asked for, but Metal is not available here; use 'cpu'.")

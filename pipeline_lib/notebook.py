@@ -55,10 +55,14 @@ def system_report() -> dict[str, Any]:
         return info
     info["torch"] = torch.__version__
     if torch.cuda.is_available():
+        from .gpu_support import unsupported_gpu_reason
+
         dev = torch.cuda.current_device()
-        free, total = torch.cuda.mem_get_info(dev)
-        info.update(gpu=torch.cuda.get_device_name(dev), gpu_memory_gb=round(total / 2 ** 30, 1),
-                    gpu_free_gb=round(free / 2 ** 30, 1))
+        info["gpu"] = torch.cuda.get_device_name(dev)
+        info["gpu_unsupported"] = unsupported_gpu_reason(dev)
+        if info["gpu_unsupported"] is None:  # mem_get_info is CUDA work: only on a usable GPU
+            free, total = torch.cuda.mem_get_info(dev)
+            info.update(gpu_memory_gb=round(total / 2 ** 30, 1), gpu_free_gb=round(free / 2 ** 30, 1))
     return info
 
 
@@ -67,6 +71,8 @@ def print_system() -> dict[str, Any]:
     r = system_report()
     gpu = (f"{r['gpu']} — {r['gpu_memory_gb']} GB ({r['gpu_free_gb']} GB free)" if r["gpu"]
            else "none (CPU only: generation is slow; upscaling small images is fine)")
+    if r.get("gpu_unsupported"):
+        gpu = f"{r['gpu']} — NOT USABLE: {r['gpu_unsupported']}"
     print(f"environment: {r['environment']}{'  [notebook test mode: tiny offline models]' if r['test_mode'] else ''}\n"
           f"python {r['python']}, torch {r['torch'] or 'not installed'}\nGPU: {gpu}")
     return r
