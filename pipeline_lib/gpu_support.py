@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 
-__all__ = ["arch_supported", "unsupported_gpu_reason", "is_missing_kernel_error", "CU126_FIX"]
+__all__ = ["arch_supported", "unsupported_gpu_reason", "is_missing_kernel_error",
+           "note_missing_kernels", "CU126_FIX"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,34 @@ def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+#: devices whose kernels were found missing at run time (the arch list looked fine)
+_FAILED_AT_RUN_TIME: dict[int, str] = {}
+
+
 def unsupported_gpu_reason(index: int = 0) -> str | None:
     """None when CUDA device ``index`` can run this torch; else one sentence saying why not and
     how to fix it (logged once per device)."""
+    return _FAILED_AT_RUN_TIME.get(index) or _reason_from_arch_list(index)
+
+
+def note_missing_kernels(device: str, exc: BaseException) -> str:
+    """Remember that ``device`` raised "no kernel image" so later automatic choices take the CPU;
+    log one warning with the fix and return it."""
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else 0
+    name = torch.cuda.get_device_name(index)
+    reason = (f"{name} failed with '{str(exc).strip().splitlines()[0]}': this torch "
+              f"{torch.__version__} has no kernels for it; running on the CPU instead. To use the "
+              f"GPU, reinstall torch with kernels for it and restart: {CU126_FIX}")
+    if index not in _FAILED_AT_RUN_TIME:
+        log.warning(reason)
+    _FAILED_AT_RUN_TIME[index] = reason
+    return reason
+
+
+@functools.lru_cache(maxsize=None)
+def _reason_from_arch_list(index: int) -> str | None:
     import torch
 
     arch_list = torch.cuda.get_arch_list()

@@ -27,9 +27,9 @@ def p100(monkeypatch):
         raise AssertionError("CUDA work on an unsupported GPU")
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda_work)
-    gpu_support.unsupported_gpu_reason.cache_clear()
+    gpu_support._reason_from_arch_list.cache_clear()
     yield
-    gpu_support.unsupported_gpu_reason.cache_clear()
+    gpu_support._reason_from_arch_list.cache_clear()
 
 
 @pytest.mark.parametrize("cap, archs, ok", [
@@ -62,3 +62,32 @@ def test_print_system_shows_the_unsupported_gpu(p100, capsys):
     notebook.print_system()
     out = capsys.readouterr().out
     assert "Tesla P100-PCIE-16GB — NOT USABLE" in out and "sm_60" in out
+
+
+def test_no_kernel_image_at_run_time_reruns_on_the_cpu(monkeypatch, caplog):
+    """The arch list looked fine, the first real op said otherwise: same image, from the CPU."""
+    from pipeline_lib.upscale import api
+
+    real_plan = api._plan
+    calls = []
+
+    def plan(*args):
+        p = real_plan(*args)
+        calls.append(args[8])  # the device asked for
+        if args[8] is None:  # pretend auto chose a GPU whose kernels are missing
+            def broken(batch):
+                raise RuntimeError("CUDA error: no kernel image is available for execution on "
+                                   "the device")
+            p = api._Plan(api.Upscaler(**{**p.up.__dict__, "device": "cuda:0", "run": broken}),
+                          broken, p.fallback, p.out_size, p.passes, p.tile, p.overlap)
+        return p
+
+    monkeypatch.setattr(api, "_plan", plan)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(gpu_support, "_FAILED_AT_RUN_TIME", {})
+    caplog.set_level(logging.WARNING, "pipeline_lib")
+    img = Image.new("RGB", (12, 10), (30, 140, 60))
+    res = pl.upscale(img, "realesr-animevideov3", scale=2, progress=False, full_result=True)
+    assert calls == [None, "cpu"] and res.device == "cpu" and res.image.size == (24, 20)
+    assert "no kernel image" in caplog.text and "cu126" in caplog.text
+    assert gpu_support.unsupported_gpu_reason(0) is not None  # later auto choices take the CPU

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InvalidParameterError, TileOutOfMemoryError
+from ..gpu_support import is_missing_kernel_error, note_missing_kernels
 from ..heap import reuse_freed_memory
 from ..images import ImageInput, read_image, to_output
 from ..metadata import carried_over
@@ -279,7 +280,15 @@ def upscale(image: ImageInput, model: str | Path | None = None, *, scale: float 
     h, w = arr.shape[:2]
     p = _plan(model, w, h, scale, size, tile, overlap, backend, device, dtype, progress, fallback,
               options)
-    out_arr, used_tile = _execute(p, arr, progress, on_progress)
+    try:
+        out_arr, used_tile = _execute(p, arr, progress, on_progress)
+    except RuntimeError as exc:  # a GPU this torch has no kernels for, found out at run time
+        if device is not None or not p.up.device.startswith("cuda") or not is_missing_kernel_error(exc):
+            raise
+        note_missing_kernels(p.up.device, exc)
+        p = _plan(model, w, h, scale, size, tile, overlap, backend, "cpu", dtype, progress,
+                  fallback, options)
+        out_arr, used_tile = _execute(p, arr, progress, on_progress)
     result = to_output(out_arr, meta)
     up = p.up
     res = UpscaleResult(result, up.name, up.backend, up.device, up.dtype, p.out_size[0] / w,
