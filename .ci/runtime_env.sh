@@ -30,7 +30,8 @@ pip freeze > "$venv/after.txt"
 python - "$venv" $pins <<'PY'
 import sys
 venv, pins = sys.argv[1], sys.argv[2:]
-after = {l.split("==")[0].lower(): l.split("==")[1] for l in open(f"{venv}/after.txt") if "==" in l}
+after = {l.split("==")[0].lower(): l.strip().split("==")[1] for l in open(f"{venv}/after.txt")
+         if "==" in l}
 changed = [f"{p} → {after.get(p.split('==')[0].lower())}" for p in pins
            if after.get(p.split("==")[0].lower()) != p.split("==")[1]]
 torch_ok = after.get("torch", "").startswith("2.14.1")

@@ -16,7 +16,7 @@ from .errors import InvalidParameterError
 from .validation import check_flag
 
 __all__ = ["PROFILES", "BIG_GPU_BYTES", "TILE_VAE_PIXELS", "MemoryPlan", "COMPILE_ENV",
-           "compile_default", "plan_memory", "apply_plan", "prepare_vae"]
+           "compile_default", "plan_memory", "apply_plan", "prepare_vae", "dtype_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,20 @@ class MemoryPlan:
         import torch
 
         return getattr(torch, self.dtype)
+
+    @property
+    def load_kwargs(self) -> dict:
+        """The dtype argument of diffusers' ``from_pretrained``/``from_single_file``."""
+        return dtype_kwargs(self.torch_dtype)
+
+
+def dtype_kwargs(torch_dtype) -> dict:
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype``; Colab and Kaggle ship 0.39, which
+    ignores ``dtype`` (a fp32 load on a 16 GB GPU), so the spelling follows the installed version."""
+    import diffusers
+
+    major, minor = (int(p) for p in diffusers.__version__.split(".")[:2])
+    return {"dtype": torch_dtype} if (major, minor) >= (0, 42) else {"torch_dtype": torch_dtype}
 
 
 COMPILE_ENV = "PIPELINE_LIB_COMPILE"

@@ -111,11 +111,10 @@ def _load(kind: str, source: str, preset: Preset | None, plan: MemoryPlan, confi
     hub = hub_access(source) if kind == "hub" else {}
     import diffusers
 
-    dtype = plan.torch_dtype
-    kwargs: dict[str, Any] = {"dtype": dtype, **hub}  # diffusers ≥ 0.42 spelling of torch_dtype
+    kwargs: dict[str, Any] = {**plan.load_kwargs, **hub}
     if preset and preset.vae:
         kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
-            preset.vae, dtype=dtype, **hub_access(preset.vae, "VAE", "config.json"))
+            preset.vae, **plan.load_kwargs, **hub_access(preset.vae, "VAE", "config.json"))
     if not progress:
         diffusers.utils.logging.disable_progress_bar()
     try:
@@ -259,7 +258,7 @@ def get_refiner(loaded: Loaded, progress: bool = True):
         try:
             refiner = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
                 repo, text_encoder_2=loaded.pipe.text_encoder_2, vae=loaded.pipe.vae,
-                dtype=loaded.plan.torch_dtype, **kwargs, **hub_access(repo, "refiner"))
+                **loaded.plan.load_kwargs, **kwargs, **hub_access(repo, "refiner"))
         except (OSError, ValueError) as exc:
             raise WeightsError(f"could not load the refiner {repo!r}: {exc}") from exc
         apply_plan(refiner, loaded.plan)

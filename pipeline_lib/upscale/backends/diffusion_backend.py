@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...hub import hub_access
 from ...errors import InvalidParameterError, TileOutOfMemoryError, UnknownModelError, WeightsError
+from ...hub import hub_access
+from ...memory import dtype_kwargs
 from ...validation import MAX_SEED, check_guidance, check_int
 from ..registry import ModelSpec
 from .base import BACKENDS, Upscaler
@@ -80,10 +81,10 @@ def _from_pretrained(source: str, cls_name: str, dtype, progress: bool):
     try:
         if dtype == torch.float16 and not Path(source).is_dir():
             try:
-                return cls.from_pretrained(source, dtype=dtype, variant="fp16", **hub)
+                return cls.from_pretrained(source, **dtype_kwargs(dtype), variant="fp16", **hub)
             except (OSError, ValueError) as exc:
                 log.info("no fp16 variant of %s (%s); loading the full-precision files", source, exc)
-        return cls.from_pretrained(source, dtype=dtype, **hub)
+        return cls.from_pretrained(source, **dtype_kwargs(dtype), **hub)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"could not load the diffusion upscaler {source!r}: {exc}; check the "
                            "repo id or folder.") from exc
