@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": "Generate photoreal images from a prompt (optionally upscaled to 2048+).",
     "serve": "Run the HTTP upscaling service (POST /v1/images/upscale).",
     "batch": "Run many generate/upscale jobs from a JSON-lines file (accelerate launch: multi-GPU).",
+    "models": "List the upscalers and generation presets: scale, backends, offline?, licence.",
 }
 
 
