@@ -40,3 +40,17 @@ def psnr(a, b, peak: float = 255.0) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     mse = np.mean((a - b) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+# ------------------------------------------------------------------ the fast subset
+# `python -m pytest -m "not slow"`: everyday runs without the heaviest tests (README, "Tests").
+# Listed here, by file and test name, rather than decorated in each file, so the whole choice is
+# visible in one place; tests/test_fast_subset.py checks that every entry still names a test.
+SLOW_TESTS: set[str] = set()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = f"{item.path.name}::{getattr(item, 'originalname', None) or item.name}"
+        if item.path.suffix == ".ipynb" or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
