@@ -54,6 +54,8 @@ SLOW_TESTS: set[str] = {
     "test_compare.py::test_compare_models_same_seed_on_tiny_presets",
     "test_compare.py::test_compare_upscalers_table_and_images",
     "test_convert.py::test_converted_weights_match_ncnn_within_one_level",
+    "test_diffusion_upscalers.py::test_alpha_is_resized_not_sampled",
+    "test_diffusion_upscalers.py::test_bad_options",
     "test_diffusion_upscalers.py::test_deterministic_by_seed_and_seeds_differ",
     "test_diffusion_upscalers.py::test_latent_handoff_skips_decode",
     "test_diffusion_upscalers.py::test_odd_sizes_padded_and_cropped",
