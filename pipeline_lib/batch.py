@@ -77,7 +77,8 @@ def job_keys(kind: str) -> frozenset[str]:
     ``input`` plus ``upscale()``'s named keywords (it also takes backend options, checked when
     the job runs)."""
     if kind == "generate":
-        from .generate import generate, text_to_image
+        from . import text_to_image  # the package's own name for it, wherever it lives
+        from .generate import generate
 
         return _named_keywords(generate, text_to_image) - _RUNNER_KEYS
     from .upscale import upscale

@@ -23,8 +23,7 @@ from typing import Callable, Iterable
 from .errors import InvalidParameterError, PipelineError
 from .media import media_kind, upscale_media
 from .outputs import MEDIA_SUFFIXES
-from .upscale import DEFAULT_UPSCALER
-from .upscale.backends import BACKENDS, backend_module
+from .upscale import BACKENDS
 from .upscale.sizing import check_scale, parse_size
 from .upscale.tiling import check_tiling
 
@@ -88,19 +87,20 @@ def output_path(rel: Path, out: Path, single_file: bool, fmt: str, suffix: str) 
 
 
 def upscale_files(inputs: str | os.PathLike | Iterable[str | os.PathLike],
-                  output: str | os.PathLike, *, model: str = DEFAULT_UPSCALER,
+                  output: str | os.PathLike, *, model: str | None = None,
                   scale: float | None = None, size=None, tile: int | None = None,
                   overlap: int | None = None, backend: str = "auto", device=None, dtype=None,
                   format: str | None = None, suffix: str = "_upscaled", overwrite: bool = False,
-                  progress: bool = True,
+                  progress: bool = True, fallback: bool = False,
                   on_progress: Callable[[int, int], object] | None = None) -> list[FileOutcome]:
     """Upscale every file of ``inputs`` (files or folders) into ``output``; one outcome per file.
 
     ``output`` is a folder (created if missing; ``<stem><suffix>.<format>`` per input, the input
     folders' layout kept), or a file path when exactly one file is found. ``format`` is
     png (the default for stills), jpg, webp, tif or "keep"; animations keep their format unless
-    png or webp is asked, videos always keep theirs. ``model`` ... ``dtype`` are those of
-    :func:`pipeline_lib.upscale`. ``on_progress(done, total)`` is called after each file.
+    png or webp is asked, videos always keep theirs. ``model`` ... ``dtype`` and ``fallback``
+    are those of :func:`pipeline_lib.upscale` (``model=None``: its default, with the automatic
+    chain when that cannot run). ``on_progress(done, total)`` is called after each file.
 
     Bad arguments raise :class:`InvalidParameterError` before any file is touched; a file that
     fails is reported in its outcome and the others still run.
@@ -116,8 +116,10 @@ def upscale_files(inputs: str | os.PathLike | Iterable[str | os.PathLike],
                                     "name image, animation or video files, or folders holding them.")
     out = Path(output)
     single = _single_output(out, len(files))
-    run = dict(model=model, scale=scale, size=size, tile=tile, overlap=overlap, backend=backend,
+    run = dict(scale=scale, size=size, tile=tile, overlap=overlap, backend=backend,
                device=device, dtype=dtype, overwrite=overwrite, progress=progress)
+    # only what was asked for: an unnamed model keeps upscale()'s own default and fallback rule
+    run.update({k: v for k, v in (("model", model), ("fallback", fallback)) if v})
     from tqdm.auto import tqdm
 
     outcomes: list[FileOutcome] = []
@@ -141,7 +143,8 @@ def _check_arguments(scale, size, tile, overlap, backend, device, dtype, fmt):
         check_scale(scale)
     check_tiling(tile, overlap)
     if backend != "auto" and backend not in BACKENDS:
-        backend_module(backend)  # raises the "unknown backend" error
+        raise InvalidParameterError(f"unknown backend {backend!r}; choose one of "
+                                    f"{', '.join(backend_choices())}.")
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise InvalidParameterError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, "
                                     f"got {fmt!r}.")

@@ -26,7 +26,7 @@ from .images import max_input_pixels, save_image
 from .metadata_keys import carried_metadata, upscaled_metadata
 from .outputs import (ANIMATED_SUFFIXES, VIDEO_SUFFIXES, atomic_output, atomic_write,
                       refuse_existing)
-from .upscale import DEFAULT_UPSCALER, UpscaleResult, upscale
+from .upscale import UpscaleResult, upscale
 from .upscale.sizing import max_output_pixels
 
 __all__ = ["media_kind", "upscale_file", "upscale_media"]
@@ -56,7 +56,7 @@ def media_kind(path: str | os.PathLike) -> str:
     return "still"
 
 
-def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str = DEFAULT_UPSCALER,
+def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
                  scale: float | None = None, size=None, overwrite: bool = False,
                  progress: bool = True, **upscale_kwargs) -> Path:
     """Upscale the image, animation or video at ``path`` into ``out``; return ``out``.
@@ -70,7 +70,7 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
       audio streams are copied without re-encoding.
 
     ``model``/``scale``/``size`` and any other keyword (``backend``, ``device``, ``tile``, ...)
-    are those of :func:`pipeline_lib.upscale`.
+    are those of :func:`pipeline_lib.upscale` (``model=None``: its default upscaler).
     """
     upscale_media(path, out, model=model, scale=scale, size=size, overwrite=overwrite,
                   progress=progress, **upscale_kwargs)
@@ -78,7 +78,7 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
 
 
 def upscale_media(path: str | os.PathLike, out: str | os.PathLike, *,
-                  model: str = DEFAULT_UPSCALER, scale: float | None = None, size=None,
+                  model: str | None = None, scale: float | None = None, size=None,
                   overwrite: bool = False, progress: bool = True,
                   **upscale_kwargs) -> UpscaleResult:
     """:func:`upscale_file`, returning how it ran: the :class:`UpscaleResult` of a still, or of
@@ -92,7 +92,9 @@ def upscale_media(path: str | os.PathLike, out: str | os.PathLike, *,
     if dest.exists() and dest.resolve() == src.resolve():
         raise InvalidParameterError(f"{dest}: refusing to write the output over its own input.")
     refuse_existing(dest, overwrite)
-    kw = dict(model=model, scale=scale, size=size, **upscale_kwargs)
+    kw = dict(scale=scale, size=size, **upscale_kwargs)
+    if model is not None:  # unnamed: upscale()'s default, which may fall back automatically
+        kw["model"] = model
     kind = media_kind(src)
     if kind == "video":
         return _video(src, dest, kw, overwrite, progress)

@@ -11,7 +11,10 @@ from pipeline_lib.upscale import DEFAULT_UPSCALER
 def test_defaults_are_the_librarys():
     p = build_parser()
     assert p.parse_args(["generate", "x", "-o", "o"]).model == DEFAULT_PRESET
-    assert p.parse_args(["upscale", "a.png", "-o", "o"]).model == DEFAULT_UPSCALER
+    # unnamed: upscale()'s own default (and its automatic fallback), named in the help
+    assert p.parse_args(["upscale", "a.png", "-o", "o"]).model is None
+    sub = p._subparsers._group_actions[0].choices["upscale"]
+    assert f"default: {DEFAULT_UPSCALER}" in " ".join(sub.format_help().split())
     assert p.parse_args(["serve"]).model == DEFAULT_UPSCALER
 
 

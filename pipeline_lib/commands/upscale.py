@@ -16,9 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image, animated image (GIF/WebP/APNG) or video files, or folders (recursed)")
     p.add_argument("-o", "--output", required=True,
                    help="output folder (created if missing), or a file path for a single input")
-    p.add_argument("-m", "--model", default=DEFAULT_UPSCALER,
+    p.add_argument("-m", "--model",
                    help="registry name (list: python -m pipeline_lib models), weight file or https "
-                        "URL (default: %(default)s)")
+                        f"URL (default: {DEFAULT_UPSCALER})")
+    p.add_argument("--fallback", action="store_true",
+                   help="if the named model cannot run here, use the automatic chain instead of "
+                        "failing (the summary names the model that ran)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-s", "--scale", type=float, help="output factor, e.g. 2, 3.2, 4, 8")
     g.add_argument("--size", help="target: N (long side) or WxH (exact)")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                              size=args.size, tile=args.tile, overlap=args.overlap,
                              backend=args.backend, device=args.device, dtype=args.dtype,
                              format=args.format, suffix=args.suffix, overwrite=args.overwrite,
-                             progress=not quiet)
+                             progress=not quiet, fallback=args.fallback)
     return report(outcomes, quiet=quiet)
 
 
