@@ -15,6 +15,7 @@ from .errors import (BackendUnavailableError, GenerationOutOfMemoryError, ImageR
 from .images import read_image, save_image
 from .upscale import UpscaleResult, list_upscalers, load_upscaler, unload_upscalers, upscale
 from .media import upscale_file
+from .files import upscale_files
 
 from .version import __version__  # noqa: E402
 
@@ -48,7 +49,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "upscale", "upscale_file", "load_upscaler", "list_upscalers", "unload_upscalers", "UpscaleResult",
+    "upscale", "upscale_file", "upscale_files", "load_upscaler", "list_upscalers", "unload_upscalers", "UpscaleResult",
     "save_image", "read_image",
     "generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
     "list_presets", "register_preset", "size_for_aspect", "Preset",

@@ -19,7 +19,9 @@ BatchReport(rank=0, processes=1, done=['generate-3f2a…'], skipped=[], failed=[
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -31,16 +33,15 @@ from typing import Any
 
 from .errors import InvalidParameterError, OutputExistsError
 
-__all__ = ["JOB_TYPES", "Job", "BatchReport", "parse_job", "read_jobs", "record_path", "run_job",
-           "run_batch"]
+__all__ = ["JOB_TYPES", "Job", "BatchReport", "job_keys", "parse_job", "read_jobs", "record_path",
+           "run_job", "run_batch"]
 
 log = logging.getLogger(__name__)
 
 JOB_TYPES = ("generate", "upscale")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# generate() keywords a job may give, plus text_to_image's upscaler/size
-_GENERATE_KEYS = {"prompt", "model", "negative_prompt", "steps", "guidance", "width", "height", "seed",
-                  "num_images", "scheduler", "memory", "upscaler", "size", "device"}
+# keywords the batch itself sets (or that make no sense in a file): never taken from a job
+_RUNNER_KEYS = frozenset({"progress", "on_progress", "full_result", "output_type", "image"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,29 @@ class BatchReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+def _named_keywords(*functions) -> frozenset[str]:
+    """The keyword arguments ``functions`` name in their signatures (not ``**kwargs``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for f in functions for p in inspect.signature(f).parameters.values()
+                     if p.kind in kinds)
+
+
+@functools.lru_cache(maxsize=None)
+def job_keys(kind: str) -> frozenset[str]:
+    """Keys a job of ``kind`` may give, read from the library's own signatures so they cannot
+    drift: ``generate()``'s and ``text_to_image()``'s for generate jobs; for upscale jobs
+    ``input`` plus ``upscale()``'s named keywords (it also takes backend options, checked when
+    the job runs)."""
+    if kind == "generate":
+        from . import text_to_image  # the package's own name for it, wherever it lives
+        from .generate import generate
+
+        return _named_keywords(generate, text_to_image) - _RUNNER_KEYS
+    from .upscale import upscale
+
+    return (_named_keywords(upscale) | {"input"}) - _RUNNER_KEYS
 
 
 def _job_id(kind: str, kwargs: dict) -> str:
@@ -90,15 +114,20 @@ def parse_job(text: str, line: int, where: str = "jobs") -> Job:
     if kind == "generate":
         if not isinstance(obj.get("prompt"), str):
             raise InvalidParameterError(f"{at}: a generate job needs \"prompt\" (text).")
-        unknown = set(obj) - _GENERATE_KEYS
-        if unknown:
-            raise InvalidParameterError(f"{at}: unknown generate option(s) {', '.join(sorted(unknown))}; "
-                                        f"use {', '.join(sorted(_GENERATE_KEYS))}.")
+        _refuse_keys(at, kind, set(obj) - job_keys(kind))
         if "seed" not in obj:  # reproducible: the same job line always makes the same picture
             obj["seed"] = int(hashlib.sha256(str(job_id).encode()).hexdigest()[:8], 16)
     elif not isinstance(obj.get("input"), str):
         raise InvalidParameterError(f"{at}: an upscale job needs \"input\" (an image path).")
+    else:
+        _refuse_keys(at, kind, set(obj) & _RUNNER_KEYS)
     return Job(str(job_id), kind, obj, line)
+
+
+def _refuse_keys(at: str, kind: str, bad: set[str]) -> None:
+    if bad:
+        raise InvalidParameterError(f"{at}: unknown {kind} option(s) {', '.join(sorted(bad))}; "
+                                    f"use {', '.join(sorted(job_keys(kind)))}.")
 
 
 def read_jobs(path: str | os.PathLike) -> list[Job]:

@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": "Generate photoreal images from a prompt (optionally upscaled to 2048+).",
     "serve": "Run the HTTP upscaling service (POST /v1/images/upscale).",
     "batch": "Run many generate/upscale jobs from a JSON-lines file (accelerate launch: multi-GPU).",
+    "models": "List the upscalers and generation presets: scale, backends, offline?, licence.",
 }
 
 
@@ -27,15 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline_lib",
                                      description="Photoreal generation and upscaling.")
     parser.add_argument("--version", action="version", version=f"pipeline_lib {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _add_log_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f".commands.{name}", __package__)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        _add_log_flags(p, default=argparse.SUPPRESS)  # so "upscale ... -q" works too
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, default) -> None:
+    # a sub-command's SUPPRESS default leaves the value set before the command name in place
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="warnings and errors only, no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:

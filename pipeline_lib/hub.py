@@ -28,7 +28,7 @@ def is_cached(repo: str, filename: str = "model_index.json") -> bool:
 
     try:
         return isinstance(try_to_load_from_cache(repo, filename), str)
-    except ValueError:  # not a valid repo id: diffusers will say so when it loads
+    except Exception:  # not a valid repo id: diffusers will say so when it loads
         return False
 
 

@@ -6,32 +6,33 @@ PosixPath('clip_x2.gif')
 
 Every frame goes through :func:`pipeline_lib.upscale` with the same (cached) model; one progress
 bar counts frames. Outputs are written atomically and never replace an existing file unless
-``overwrite=True``.
+``overwrite=True``. Of a source's text metadata only the generation parameters are carried over
+(:func:`pipeline_lib.metadata.carried_over`).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .errors import (BackendUnavailableError, ImageReadError, ImageTooLargeError,
-                     InvalidParameterError, OutputExistsError, PipelineError)
+                     InvalidParameterError, PipelineError)
 from .images import max_input_pixels, save_image
-from .outputs import atomic_write, publish_file
-from .upscale import DEFAULT_UPSCALER, upscale
+from .metadata import carried_over
+from .outputs import (ANIMATED_SUFFIXES, VIDEO_SUFFIXES, atomic_output, atomic_write,
+                      refuse_existing)
+from .upscale import UpscaleResult, upscale
 from .upscale.sizing import max_output_pixels
 
-__all__ = ["VIDEO_SUFFIXES", "ANIMATED_SUFFIXES", "media_kind", "upscale_file"]
+__all__ = ["media_kind", "upscale_file", "upscale_media"]
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
-ANIMATED_SUFFIXES = {".gif", ".webp", ".png", ".apng"}
 _ANIM_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".apng": "PNG"}
 # Encoders to try for a source codec, best first (PyAV wheels ship libx264, libvpx and mpeg4).
 _ENCODERS = {"h264": ("libx264", "h264", "mpeg4"), "hevc": ("libx265", "libx264", "mpeg4"),
@@ -55,12 +56,13 @@ def media_kind(path: str | os.PathLike) -> str:
     return "still"
 
 
-def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str = DEFAULT_UPSCALER,
+def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
                  scale: float | None = None, size=None, overwrite: bool = False,
                  progress: bool = True, **upscale_kwargs) -> Path:
     """Upscale the image, animation or video at ``path`` into ``out``; return ``out``.
 
-    - still images: read, upscale, save (the source's text metadata kept, upscaler info added);
+    - still images: read, upscale, save (the source's generation parameters kept, upscaler info
+      added);
     - animated GIF/WebP/APNG: every frame upscaled; durations, loop count, disposal and
       transparency kept (the output format follows ``out``'s suffix: .gif, .webp, .png/.apng);
     - videos (.mp4 .mov .mkv .webm .avi .m4v): frames decoded, upscaled and re-encoded with the
@@ -68,8 +70,20 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
       audio streams are copied without re-encoding.
 
     ``model``/``scale``/``size`` and any other keyword (``backend``, ``device``, ``tile``, ...)
-    are those of :func:`pipeline_lib.upscale`.
+    are those of :func:`pipeline_lib.upscale` (``model=None``: its default upscaler).
     """
+    upscale_media(path, out, model=model, scale=scale, size=size, overwrite=overwrite,
+                  progress=progress, **upscale_kwargs)
+    return Path(out)
+
+
+def upscale_media(path: str | os.PathLike, out: str | os.PathLike, *,
+                  model: str | None = None, scale: float | None = None, size=None,
+                  overwrite: bool = False, progress: bool = True,
+                  **upscale_kwargs) -> UpscaleResult:
+    """:func:`upscale_file`, returning how it ran: the :class:`UpscaleResult` of a still, or of
+    an animation's or video's last frame (``size`` is then the written frame size) — which
+    model and backend ran, for reports. Its ``image`` is that frame, not the whole file."""
     src, dest = Path(path), Path(out)
     if "full_result" in upscale_kwargs:
         raise InvalidParameterError("upscale_file() writes a file; full_result is not accepted.")
@@ -77,10 +91,10 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
         raise ImageReadError(f"{src}: no such file.")
     if dest.exists() and dest.resolve() == src.resolve():
         raise InvalidParameterError(f"{dest}: refusing to write the output over its own input.")
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} already exists; pass overwrite=True (CLI: --overwrite) "
-                                "or choose another name.")
-    kw = dict(model=model, scale=scale, size=size, **upscale_kwargs)
+    refuse_existing(dest, overwrite)
+    kw = dict(scale=scale, size=size, **upscale_kwargs)
+    if model is not None:  # unnamed: upscale()'s default, which may fall back automatically
+        kw["model"] = model
     kind = media_kind(src)
     if kind == "video":
         return _video(src, dest, kw, overwrite, progress)
@@ -88,11 +102,12 @@ def upscale_file(path: str | os.PathLike, out: str | os.PathLike, *, model: str 
     if kind == "animated" or dest.suffix.lower() == ".gif":
         return _animation(src, dest, kw, overwrite, progress)
     res = upscale(src, progress=progress, full_result=True, **kw)
-    return save_image(res.image, dest, metadata=res.as_metadata(), overwrite=overwrite)
+    save_image(res.image, dest, metadata=res.as_metadata(), overwrite=overwrite)
+    return res
 
 
 # ---------------------------------------------------------------- animated images
-def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> Path:
+def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> UpscaleResult:
     from tqdm.auto import tqdm
 
     fmt = _ANIM_FORMATS.get(dest.suffix.lower())
@@ -106,7 +121,7 @@ def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool)
         with Image.open(src) as im:
             _check_input_pixels(src, *im.size)
             loop = im.info.get("loop")  # absent in a GIF means "play once"; keep that too
-            meta = {k: v for k, v in im.info.items() if isinstance(v, str)}
+            meta = carried_over(im.info)
             n_frames = getattr(im, "n_frames", 1)
             with tqdm(total=n_frames, desc=f"upscale {src.name}", unit="frame",
                       disable=not progress, leave=False) as bar:
@@ -135,7 +150,8 @@ def _animation(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool)
     meta.update(res.as_metadata())
     data = _save_animation(frames, fmt, durations, disposals, loop, meta)
     log.info("%s → %s: %d frames, %dx%d", src, dest, len(frames), *frames[0].size)
-    return atomic_write(dest, data, overwrite=overwrite)
+    atomic_write(dest, data, overwrite=overwrite)
+    return res
 
 
 def _check_input_pixels(src: Path, w: int, h: int) -> None:
@@ -217,14 +233,8 @@ def _pick_encoder(codec_name: str, suffix: str) -> str:
                                 "this PyAV build; write .mp4 or .mkv instead.")
 
 
-def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> Path:
-    from tqdm.auto import tqdm
-
-    try:
-        import av
-    except ImportError:
-        raise BackendUnavailableError(f"{src}: videos need PyAV: pip install av") from None
-
+def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> UpscaleResult:
+    av = _import_av(src)
     if dest.suffix.lower() not in VIDEO_SUFFIXES:
         raise InvalidParameterError(f"{dest}: a video needs a video suffix "
                                     f"({', '.join(sorted(VIDEO_SUFFIXES))}).")
@@ -232,75 +242,110 @@ def _video(src: Path, dest: Path, kw: dict, overwrite: bool, progress: bool) -> 
         inp = av.open(str(src))
     except av.error.FFmpegError as exc:
         raise ImageReadError(f"{src}: not a video PyAV can read ({exc}).") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".part{dest.suffix}",
-                               dir=dest.parent)
-    os.close(fd)
     try:
-        with inp, av.open(tmp, "w") as out:
-            if not inp.streams.video:
-                raise ImageReadError(f"{src}: the file has no video stream.")
-            vin = inp.streams.video[0]
-            encoder = _pick_encoder(vin.codec_context.name, dest.suffix.lower())
-            audio = {}
-            for a in inp.streams.audio:
-                try:
-                    audio[a.index] = out.add_stream_from_template(a)
-                except (ValueError, av.error.FFmpegError) as exc:
-                    raise InvalidParameterError(f"{dest}: the {a.codec_context.name} audio of "
-                                                f"{src.name} cannot be copied into "
-                                                f"{dest.suffix} ({exc}); use .mkv.") from None
-            vout = None
-            crop = None
-            held: list = []
-            n = 0
-            with tqdm(total=vin.frames or None, desc=f"upscale {src.name}", unit="frame",
-                      disable=not progress, leave=False) as bar:
-                for packet in inp.demux(vin, *inp.streams.audio):
-                    if packet.stream.index in audio:
-                        if packet.dts is not None:  # skip the demuxer's empty flush packets
-                            packet.stream = audio[packet.stream.index]
-                            # the header is written on the first mux, so every stream must
-                            # exist by then: hold audio back until the video stream is made
-                            if vout is None:
-                                held.append(packet)
-                            else:
-                                out.mux(packet)
-                        continue
-                    for frame in packet.decode():
-                        with _naming(src):
-                            res = upscale(frame.to_ndarray(format="rgb24"), progress=False,
-                                          full_result=True, **kw)
-                        img = res.image
-                        if vout is None:
-                            vout, crop = _open_video_stream(out, vin, encoder, img.shape, src)
-                            out.mux(held)
-                            held.clear()
-                        img = np.ascontiguousarray(img[:crop[1], :crop[0]])
-                        new = av.VideoFrame.from_ndarray(img, format="rgb24")
-                        new.pts, new.time_base = frame.pts, frame.time_base
-                        for p in vout.encode(new):
-                            out.mux(p)
-                        n += 1
-                        bar.update(1)
-            if vout is None:
-                raise ImageReadError(f"{src}: the video stream holds no decodable frame.")
-            expected = _expected_frames(inp, vin)
-            if expected and n < 0.9 * expected - 1:  # 10 %: frame rates of VFR files are rough
-                raise ImageReadError(f"{src}: the video looks truncated: {n} frames decoded of "
-                                     f"about {expected} its header announces; re-download or "
-                                     "re-encode it (ffmpeg -i in -c copy out repairs some files).")
-            for p in vout.encode(None):
-                out.mux(p)
-        publish_file(tmp, dest, overwrite)
+        # FFmpeg picks the container from the temp file's suffix, hence keep_suffix
+        with inp, atomic_output(dest, overwrite=overwrite, keep_suffix=True) as tmp, \
+                av.open(str(tmp), "w") as out:
+            writer = _VideoWriter(out, inp, src, dest)
+            res = _transcode(inp, writer, src, kw, progress)
     except av.error.FFmpegError as exc:
         raise ImageReadError(f"{src}: video decoding/encoding failed ({exc}).") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("%s → %s: %d frames, %dx%d, %s, %d audio stream(s) copied", src, dest, n, *crop,
-             encoder, len(audio))
-    return dest
+    log.info("%s → %s: %d frames, %dx%d, %s, %d audio stream(s) copied", src, dest,
+             writer.frames, *writer.crop, writer.encoder, len(writer.audio))
+    return dataclasses.replace(res, size=writer.crop)
+
+
+def _import_av(src: Path):
+    try:
+        import av
+    except ImportError:
+        raise BackendUnavailableError(f"{src}: videos need PyAV: pip install av") from None
+    return av
+
+
+def _transcode(inp, writer: "_VideoWriter", src: Path, kw: dict, progress: bool) -> UpscaleResult:
+    """Demux the source once: audio packets are copied as they come, video frames upscaled."""
+    from tqdm.auto import tqdm
+
+    res = None
+    with tqdm(total=writer.vin.frames or None, desc=f"upscale {src.name}", unit="frame",
+              disable=not progress, leave=False) as bar:
+        for packet in inp.demux(writer.vin, *inp.streams.audio):
+            if packet.stream.index in writer.audio:
+                writer.audio_packet(packet)
+                continue
+            for frame in packet.decode():
+                with _naming(src):
+                    res = upscale(frame.to_ndarray(format="rgb24"), progress=False,
+                                  full_result=True, **kw)
+                writer.video_frame(res.image, frame)
+                bar.update(1)
+    writer.finish(_expected_frames(inp, writer.vin))
+    return res
+
+
+class _VideoWriter:
+    """The output container: the source's audio streams copied, video encoded from our frames."""
+
+    def __init__(self, out, inp, src: Path, dest: Path) -> None:
+        if not inp.streams.video:
+            raise ImageReadError(f"{src}: the file has no video stream.")
+        self.out, self.src, self.vin = out, src, inp.streams.video[0]
+        self.encoder = _pick_encoder(self.vin.codec_context.name, dest.suffix.lower())
+        self.audio = _copy_audio_streams(out, inp, src, dest)
+        self.vout = self.crop = None
+        self.held: list = []
+        self.frames = 0
+
+    def audio_packet(self, packet) -> None:
+        if packet.dts is None:  # the demuxer's empty flush packets
+            return
+        packet.stream = self.audio[packet.stream.index]
+        # the header is written on the first mux, so every stream must exist by then: hold
+        # audio back until the video stream is made
+        if self.vout is None:
+            self.held.append(packet)
+        else:
+            self.out.mux(packet)
+
+    def video_frame(self, img: np.ndarray, frame) -> None:
+        import av
+
+        if self.vout is None:
+            self.vout, self.crop = _open_video_stream(self.out, self.vin, self.encoder, img.shape,
+                                                      self.src)
+            self.out.mux(self.held)
+            self.held.clear()
+        new = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:self.crop[1], :self.crop[0]]),
+                                         format="rgb24")
+        new.pts, new.time_base = frame.pts, frame.time_base
+        self.out.mux(self.vout.encode(new))
+        self.frames += 1
+
+    def finish(self, expected: int) -> None:
+        """Refuse a truncated source, then flush the encoder."""
+        if self.vout is None:
+            raise ImageReadError(f"{self.src}: the video stream holds no decodable frame.")
+        if expected and self.frames < 0.9 * expected - 1:  # 10 %: frame rates of VFR files are rough
+            raise ImageReadError(f"{self.src}: the video looks truncated: {self.frames} frames "
+                                 f"decoded of about {expected} its header announces; re-download "
+                                 "or re-encode it (ffmpeg -i in -c copy out repairs some files).")
+        self.out.mux(self.vout.encode(None))
+
+
+def _copy_audio_streams(out, inp, src: Path, dest: Path) -> dict:
+    """Output audio streams made from the source's (input stream index → output stream)."""
+    import av
+
+    audio = {}
+    for a in inp.streams.audio:
+        try:
+            audio[a.index] = out.add_stream_from_template(a)
+        except (ValueError, av.error.FFmpegError) as exc:
+            raise InvalidParameterError(f"{dest}: the {a.codec_context.name} audio of {src.name} "
+                                        f"cannot be copied into {dest.suffix} ({exc}); use "
+                                        ".mkv.") from None
+    return audio
 
 
 def _expected_frames(inp, vin) -> int:

@@ -22,7 +22,8 @@ from typing import Any
 from .errors import ImageReadError
 from .samplers import SCHEDULERS, a1111_sampler, scheduler_from_label
 
-__all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata", "carried_over"]
+__all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metadata", "carried_over",
+           "CARRIED_KEYS"]
 
 #: Keys ``generate()`` accepts; ``read_metadata`` returns only these unless ``extra=True``.
 GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
@@ -49,11 +50,15 @@ def _num(v: float) -> str:
     return f"{v:g}" if float(v) != int(v) else str(int(v))
 
 
-def carried_over(info: dict) -> dict[str, str]:
+#: Source text chunks an image made from another (an upscale) keeps.
+CARRIED_KEYS = ("parameters",)
+
+
+def carried_over(info) -> dict[str, str]:
     """What an image made from another keeps of its text metadata: the generation ``parameters``
-    and earlier upscale records — not unrelated chunks such as an editor's ``Comment``."""
-    return {k: v for k, v in info.items() if isinstance(k, str) and isinstance(v, str)
-            and (k == "parameters" or k.startswith("upscale"))}
+    only. An editor's ``Comment``, ``Software``, XMP or an earlier upscale's keys no longer
+    describe the new file; the upscaler adds its own keys."""
+    return {k: info[k] for k in CARRIED_KEYS if isinstance((info or {}).get(k), str)}
 
 
 def _strip_line_ends(text: str) -> str:

@@ -430,7 +430,7 @@ def test_cli_reports_oom_and_continues(oom_on_bright, tmp_path, capsys):
 
 
 def test_cli_survives_memory_error_and_unexpected_errors(tmp_path, capsys, monkeypatch):
-    up_mod = sys.modules["pipeline_lib.upscale"]  # the package, not the re-exported function
+    up_mod = sys.modules["pipeline_lib.media"]  # where upscale_files runs every file
 
     real = up_mod.upscale
     failures = iter([MemoryError(), RuntimeError("cuDNN exploded")])

@@ -25,9 +25,10 @@ def test_only_generation_parameters_travel_with_an_upscale(tmp_path):
         assert "Comment" not in im.text and im.text["parameters"].startswith("a cat")
 
 
-def test_carried_over_keeps_earlier_upscale_records():
+def test_carried_over_keeps_only_generation_parameters():
     assert carried_over({"upscaler": "x", "dpi": (72, 72), "Software": "GIMP", "parameters": "p"}) \
-        == {"upscaler": "x", "parameters": "p"}
+        == {"parameters": "p"}
+    assert carried_over({}) == {} and carried_over(None) == {}
 
 
 def test_written_files_are_world_readable(tmp_path):

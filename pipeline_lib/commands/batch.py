@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import run_batch
 
     rep = run_batch(args.jobs, args.output, overwrite=args.overwrite, device=args.device,
-                    progress=not args.no_progress)
+                    progress=not (args.no_progress or getattr(args, "quiet", False)))
     tag = f"[process {rep.rank}/{rep.processes}] " if rep.processes > 1 else ""
     print(f"{tag}done {len(rep.done)}, skipped {len(rep.skipped)} (done before), "
           f"failed {len(rep.failed)}")

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import InvalidParameterError, OutputExistsError
+from ..errors import InvalidParameterError
+from ..generate.presets import DEFAULT_PRESET
+from ..outputs import save_to_free_name
 
-__all__ = ["add_arguments", "free_name", "run"]
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
-    p.add_argument("-m", "--model", default="absolute-reality",
-                   help="preset, Hub repo id, diffusers folder or .safetensors (default %(default)s)")
-    p.add_argument("--negative", help="negative prompt (default: the preset's)")
+    p.add_argument("-m", "--model", default=DEFAULT_PRESET,
+                   help="preset (list: python -m pipeline_lib models), Hub repo id, diffusers "
+                        "folder or .safetensors (default %(default)s)")
+    p.add_argument("--negative-prompt", help="negative prompt (default: the preset's)")
+    p.add_argument("--negative", dest="negative_prompt", help=argparse.SUPPRESS)  # old name
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--guidance", type=float, help="CFG scale (default: the preset's)")
     g = p.add_mutually_exclusive_group()
@@ -34,16 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="xformers attention when installed (default: PyTorch SDPA)")
 
 
-def free_name(folder: Path, seed: int) -> Path:
-    """``<seed>.png``, or ``<seed>-1.png``, ``<seed>-2.png``... — never an existing file."""
-    dest = folder / f"{seed}.png"
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = folder / f"{seed}-{n}.png"
-    return dest
-
-
 def run(args: argparse.Namespace) -> int:
     from ..compose import text_to_image
     from ..generate import generate, size_for_aspect
@@ -57,22 +50,16 @@ def run(args: argparse.Namespace) -> int:
         width, height = size
     elif args.aspect:
         width, height = size_for_aspect(args.aspect, args.model)
-    kwargs = dict(model=args.model, negative_prompt=args.negative, steps=args.steps,
+    kwargs = dict(model=args.model, negative_prompt=args.negative_prompt, steps=args.steps,
                   guidance=args.guidance, width=width, height=height, seed=args.seed,
                   num_images=args.num_images, scheduler=args.scheduler, device=args.device,
-                  memory=args.memory, dtype=args.dtype, xformers=args.xformers)
+                  memory=args.memory, dtype=args.dtype, xformers=args.xformers,
+                  progress=not getattr(args, "quiet", False))
     if args.upscale:
         results = text_to_image(args.prompt, upscaler=args.upscale, size=parse_size(args.target), **kwargs)
     else:
         results = generate(args.prompt, **kwargs)
-    out = Path(args.output)
     for res in results:
-        for _ in range(100):  # another process may take the name between the check and the write
-            dest = free_name(out, res.seed)
-            try:
-                res.save(dest)
-                break
-            except OutputExistsError:
-                continue
+        dest = save_to_free_name(args.output, str(res.seed), res.save)
         print(f"{dest}  seed={res.seed}  {res.image.size[0]}x{res.image.size[1]}")
     return 0

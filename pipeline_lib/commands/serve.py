@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..upscale import DEFAULT_UPSCALER
+
 __all__ = ["add_arguments", "limits_from_args", "run"]
 
 _MB = 1024 * 1024
@@ -13,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to bind (default %(default)s: this machine only; use 0.0.0.0 "
                         "only behind a reverse proxy)")
     p.add_argument("--port", type=int, default=8997, help="TCP port (default %(default)s)")
-    p.add_argument("-m", "--model", default="realesrgan-x4plus",
+    p.add_argument("-m", "--model", default=DEFAULT_UPSCALER,
                    help="registry name, weight file or https URL (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")

@@ -18,9 +18,9 @@ from ..errors import InvalidParameterError, UnknownModelError
 from ..samplers import SCHEDULERS
 from ..validation import check_int
 
-__all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
-           "round_to", "resolve_size",
-           "parse_aspect", "size_for_aspect"]
+__all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "BUILT_IN",
+           "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
+           "round_to", "resolve_size", "parse_aspect", "size_for_aspect"]
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,24 @@ class Preset:
     step_range: tuple[int, int] = (1, 150)  # recommended; outside it we warn
     config: str | None = None  # local diffusers folder for single-file checkpoints
     description: str = ""
+    license: str = ""  # the weights' licence, as on their model card
 
     @property
     def area(self) -> int:
         return self.size[0] * self.size[1]
 
 
+_OPENRAIL = "CreativeML-OpenRAIL-M"
+#: ``Preset.repo`` of the tiny pipelines that generate/stand_ins.py builds on first use
+BUILT_IN = "built-in"
+_OPENRAIL_XL = "CreativeML-OpenRAIL++-M"
+
+
 def _sd15(name: str, repo: str, **kw) -> Preset:
+    # SD-1.5 fine-tunes carry SD-1.5's licence (its use restrictions bind derivatives)
     base = dict(pipeline_class="StableDiffusionPipeline", steps=30, guidance=7.0,
-                size=(512, 768), scheduler="dpm++2m-karras", negative_prompt=PHOTO_NEGATIVE)
+                size=(512, 768), scheduler="dpm++2m-karras", negative_prompt=PHOTO_NEGATIVE,
+                license=_OPENRAIL)
     base.update(kw)
     return Preset(name, repo, **base)
 
@@ -79,29 +88,33 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
           description="CyberRealistic 3 (SD-1.5): photoreal portraits"),
     Preset("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline",
            steps=30, guidance=7.0, size=(1024, 1024), negative_prompt=BASE_NEGATIVE, multiple=64,
-           variant="fp16", description="SDXL 1.0 base at 1024²"),
+           variant="fp16", license=_OPENRAIL_XL, description="SDXL 1.0 base at 1024²"),
     Preset("sdxl-base-refiner", "stabilityai/stable-diffusion-xl-base-1.0",
            "StableDiffusionXLPipeline", steps=40, guidance=7.0, size=(1024, 1024),
            negative_prompt=BASE_NEGATIVE, multiple=64, variant="fp16",
            refiner="stabilityai/stable-diffusion-xl-refiner-1.0", high_noise_frac=0.8,
+           license=_OPENRAIL_XL,
            description="SDXL base for the first 80 % of the noise, then the SDXL refiner"),
     Preset("sdxl-turbo", "stabilityai/sdxl-turbo", "StableDiffusionXLPipeline", steps=1,
            guidance=0.0, size=(512, 512), multiple=64, variant="fp16", step_range=(1, 4),
+           license="sai-nc-community (non-commercial)",
            description="SDXL Turbo: 1-4 steps, no guidance, 512² (seed 002's final choice)"),
     Preset("sd-1.4", "CompVis/stable-diffusion-v1-4", "StableDiffusionPipeline", steps=30,
            guidance=7.5, size=(512, 512), scheduler="dpm++2m-karras",
-           negative_prompt=BASE_NEGATIVE, description="Stable Diffusion 1.4"),
+           negative_prompt=BASE_NEGATIVE, license=_OPENRAIL, description="Stable Diffusion 1.4"),
     # runwayml/stable-diffusion-v1-5 was taken down; this is the maintained official mirror.
     Preset("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "StableDiffusionPipeline",
            steps=30, guidance=7.5, size=(512, 512), scheduler="dpm++2m-karras",
-           negative_prompt=BASE_NEGATIVE, variant="fp16", description="Stable Diffusion 1.5"),
+           negative_prompt=BASE_NEGATIVE, variant="fp16", license=_OPENRAIL,
+           description="Stable Diffusion 1.5"),
     Preset("sd-2.1", "stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", steps=30,
            guidance=7.5, size=(768, 768), scheduler="dpm++2m-karras",
-           negative_prompt=BASE_NEGATIVE, variant="fp16",
+           negative_prompt=BASE_NEGATIVE, variant="fp16", license=_OPENRAIL_XL,
            description="Stable Diffusion 2.1 (v-prediction, 768²)"),
     # built on first use by generate/stand_ins.py (no download); listed so people find it
-    Preset("tiny-random", "built-in", "StableDiffusionPipeline", steps=2, guidance=5.0,
-           size=(64, 64), description="random weights, makes NOISE: an offline smoke test"),
+    Preset("tiny-random", BUILT_IN, "StableDiffusionPipeline", steps=2, guidance=5.0,
+           size=(64, 64), license="MIT (random weights made by pipeline_lib.testing)",
+           description="random weights, makes NOISE: an offline smoke test"),
 ]}
 
 DEFAULT_PRESET = "absolute-reality"
@@ -123,7 +136,8 @@ def list_presets() -> list[dict]:
     """
     return [{"name": p.name, "repo": p.repo, "pipeline_class": p.pipeline_class, "steps": p.steps,
              "guidance": p.guidance, "size": p.size, "scheduler": p.scheduler, "vae": p.vae,
-             "refiner": p.refiner, "multiple": p.multiple, "description": p.description}
+             "refiner": p.refiner, "multiple": p.multiple, "license": p.license,
+             "description": p.description}
             for p in PRESETS.values()]
 
 
