@@ -13,11 +13,12 @@ from typing import Iterable
 from fastapi import FastAPI
 
 from ..upscale import DEFAULT_UPSCALER
-from .auth import OPEN_PATHS, AccessPolicy, ApiKeyGate
+from .auth import AccessPolicy, ApiKeyGate
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .generation import Generation
 from .limits import ServerLimits
+from .openapi import document
 from .routes import GENERATE_USAGE, UPSCALE_USAGE, router
 from .service import Service, Slot
 from .upscaling import Upscaling
@@ -35,27 +36,6 @@ def _policy(api_keys: AccessPolicy | Iterable[str] | None) -> AccessPolicy:
     if isinstance(api_keys, AccessPolicy):
         return api_keys
     return AccessPolicy.from_sources(tuple(api_keys or ()))
-
-
-def _document_security(app: FastAPI, policy: AccessPolicy) -> None:
-    """Publish the Bearer requirement in the OpenAPI schema (and the 401 it brings)."""
-    if not policy.required:
-        return
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {"type": "http", "scheme": "bearer"}}
-            schema["security"] = [{"apiKey": []}]
-            for path in OPEN_PATHS:
-                for operation in schema["paths"].get(path, {}).values():
-                    operation["security"] = []
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
 
 
 def create_app(model: str = DEFAULT_UPSCALER, device: str | None = None,
@@ -102,7 +82,7 @@ def create_app(model: str = DEFAULT_UPSCALER, device: str | None = None,
     install_error_handlers(app, usage={"/v1/images/upscale": UPSCALE_USAGE,
                                        "/v1/images/generations": GENERATE_USAGE})
     app.include_router(router)
-    _document_security(app, policy)
+    document(app, limits, policy)
     return app
 
 
