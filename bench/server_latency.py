@@ -3,10 +3,10 @@
 Serves the tiny offline SD pipeline (pipeline_lib.testing) and realesr-animevideov3 on the CPU,
 then times sequential requests with the official openai client (generation) and httpx (upscale):
 
-    python bench/server_latency.py --requests 10
+    PYTHONPATH=. python bench/server_latency.py --requests 10
 
 Prints median / min / max seconds per request for: generation n=1 64x64 2 steps, generation n=2,
-upscale of a 32x24 PNG ×4, and GET /health. The tiny model makes noise, so this measures the
+upscale of a 32x24 PNG ×4, GET /health, and the same generate()/upscale() calls made directly. The tiny model makes noise, so this measures the
 service's own overhead plus a minimal pipeline run, not a real model's speed.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_server_openai import KEY, MODEL, LiveServer  # noqa: E402
 
+import pipeline_lib as pl  # noqa: E402
 from pipeline_lib.server import ServerLimits, create_app  # noqa: E402
 from pipeline_lib.testing import tiny_sd_pipeline_dir  # noqa: E402
 
@@ -62,8 +63,13 @@ def main() -> None:
             http.post("/v1/images/upscale", headers=auth,
                       files={"image": ("a.png", png, "image/png")}).raise_for_status()
 
+        arr = np.asarray(Image.open(io.BytesIO(png)))
         cases = {"generate n=1 64x64 2 steps": gen(1), "generate n=2 64x64 2 steps": gen(2),
-                 "upscale 32x24 x4 (animevideov3)": up, "GET /health": lambda: http.get("/health")}
+                 "upscale 32x24 x4 (animevideov3)": up, "GET /health": lambda: http.get("/health"),
+                 # the same work without HTTP, for the service's own share
+                 "library generate() n=1": lambda: pl.generate(
+                     "a cat", model=sd, width=64, height=64, steps=2, device="cpu", progress=False),
+                 "library upscale()": lambda: pl.upscale(arr, MODEL, device="cpu", progress=False)}
         for name, fn in cases.items():
             t = _timed(fn, args.requests)
             print(f"{name:34s} median {statistics.median(t) * 1000:7.0f} ms   "
