@@ -63,6 +63,14 @@ _DECLARED = (
     Setting("PIPELINE_LIB_SERVER_MAX_N", "int", 4, "HTTP: largest n per request"),
     Setting("PIPELINE_LIB_SERVER_MAX_PENDING", "int", 32,
             "HTTP: requests in flight before 503 busy"),
+    Setting("PIPELINE_LIB_SERVER_MAX_STEPS", "int", 150,
+            "HTTP: most denoising steps one generation request may ask for"),
+    Setting("PIPELINE_LIB_API_KEY", "str", None,
+            "HTTP: API key(s) every route but /health requires (Bearer); several: comma-separated"),
+    Setting("PIPELINE_LIB_API_KEY_FILE", "path", None,
+            "HTTP: file of API keys, one a line (# comments and blank lines skipped)"),
+    Setting("PIPELINE_LIB_SERVER_RATE_LIMIT", "int", None,
+            "HTTP: requests per minute each API key may make (429 past it); unset: no limit"),
 )
 SETTINGS: dict[str, Setting] = {s.name: s for s in _DECLARED}
 

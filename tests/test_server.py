@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import pipeline_lib as pl
-from pipeline_lib import server
+from pipeline_lib.server import upscaling as server
 from pipeline_lib.errors import InvalidParameterError, UnknownModelError
 from pipeline_lib.server import ServerLimits, create_app
 
@@ -132,13 +132,17 @@ def test_health_and_models(client):
 
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize("fields, type_, match", [
-    ({"n": "0"}, "invalid_parameter", "n must be between 1 and 4, got 0"),
-    ({"n": "5"}, "invalid_parameter", "n must be between 1 and 4, got 5"),
+    ({"n": "0"}, "invalid_parameter", "n must be in 1..4 (this server's --max-n), got 0"),
+    ({"n": "5"}, "invalid_parameter", "n must be in 1..4 (this server's --max-n), got 5"),
     ({"n": "two"}, "invalid_parameter", "n: Input should be a valid integer"),
     ({"model": "realesrgan-x5"}, "unknown_model", "Did you mean"),
     ({"model": "realesrgan-x4plus"}, "model_not_served", "start a server with --model realesrgan-x4plus"),
     ({"response_format": "url"}, "invalid_parameter", "use 'b64_json'"),
     ({"guidance_scale": "nan"}, "invalid_parameter", "guidance_scale must be a finite number"),
+    ({"guidance_scale": "51"}, "invalid_parameter", "guidance_scale must be a finite number in 0..50"),
+    ({"guidance": "-1"}, "invalid_parameter", "guidance must be a finite number in 0..50"),
+    ({"guidance": "7", "guidance_scale": "8"}, "invalid_parameter", "disagree; send one of them"),
+    ({"seed": str(2**32)}, "invalid_parameter", "seed must be in 0..4294967295"),
     ({"scale": "0"}, "invalid_parameter", "scale must be a finite number in (0, 32]"),
     ({"scale": "2", "size": "64"}, "invalid_parameter", "either scale or size"),
     ({"size": "big"}, "invalid_parameter", "'N' or 'WxH'"),
@@ -343,7 +347,7 @@ def test_live_server_concurrency_errors_and_clean_shutdown(live_server, tiny, re
         _error(c.post(URL, files={"image": ("x.txt", b"nope", "text/plain")}), 400,
                "invalid_image", "not an image")
         _error(c.post(URL, files={"image": ("a.png", png, "image/png")}, data={"n": "9"}), 422,
-               "invalid_parameter", "between 1 and 4")
+               "invalid_parameter", "n must be in 1..4")
         _error(c.post(URL, files={"image": ("b.bin", os.urandom(600_000), "image/png")}), 413,
                "upload_too_large", "at most 524,288 bytes")
         assert proc.poll() is None  # bad requests never take the process down
