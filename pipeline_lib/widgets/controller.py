@@ -12,13 +12,13 @@ True
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 import logging
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
 from .. import notebook as nb
 from ..errors import InvalidParameterError, PipelineError
@@ -41,8 +41,8 @@ CROP_DISPLAY = 384  # px: the side the zoom crops are drawn at (the browser scal
 class GenerateForm:
     """What the Generate controls hold, as typed by a person."""
 
-    prompt: str
-    model: str
+    prompt: str = ""
+    model: str = ""  # a preset name (Controller.models) or what generate() accepts
     negative_prompt: str = ""
     aspect: str = AUTO  # AUTO, CUSTOM (use width/height) or a name from ASPECTS
     width: int = 512
@@ -177,6 +177,12 @@ class Controller:
         self._set_status(status)
         return self._job
 
+    def _finish_job(self, status: str) -> None:
+        """The job succeeded: the bar at 100 %, ``status`` said, the new pictures shown."""
+        self._job.finish()
+        self._set_status(status)
+        self.on_change("results")
+
     def _reporting(self, part: int, describe: Callable[[int, int], str]) -> Callable[[int, int], None]:
         """The ``on_progress`` for part ``part`` of the job: moves the bar, says where it is."""
         on_progress = self._job.callback(part)
@@ -241,7 +247,7 @@ class Controller:
         kw = self.generate_kwargs(form)
         if target is not None:
             self.target(target)
-        job = self._start_job(1, f"loading {kw['model']}…")
+        self._start_job(1, f"loading {kw['model']}…")
         step = self._reporting(0, lambda done, total: f"generating with {kw['model']}: denoising "
                                                       f"step {done}/{total}")
         out = generate(**kw, progress=False, on_progress=step)
@@ -249,9 +255,7 @@ class Controller:
                         for g in out]
         w, h = out[0].image.size
         seeds = f"{out[0].seed}" + (f"…{out[-1].seed}" if len(out) > 1 else "")
-        job.finish()
-        self._set_status(f"generated {len(out)} image(s) of {w}×{h}, seed {seeds}")
-        self.on_change("results")
+        self._finish_job(f"generated {len(out)} image(s) of {w}×{h}, seed {seeds}")
 
     def upload(self, name: str, content: bytes) -> bool:
         """Take an uploaded file (its name and bytes) as the picture to upscale."""
@@ -272,10 +276,8 @@ class Controller:
                 raise type(exc)(str(exc).replace(str(path), shown_name)) from None
         pil = as_8bit(to_output(arr, meta))  # 16-bit colour: shown and upscaled at 8 bits
         self.results = [Result(pil, Path(shown_name).stem)]
-        job = self._start_job(1, "")
-        job.finish()
-        self._set_status(f"uploaded {shown_name} ({pil.width}×{pil.height}); press Upscale")
-        self.on_change("results")
+        self._start_job(1, "reading the upload")
+        self._finish_job(f"uploaded {shown_name} ({pil.width}×{pil.height}); press Upscale")
 
     def upscale(self, model: str, target: str) -> bool:
         """Upscale every picture with ``model`` (exactly that model: never a substitute) to
@@ -301,11 +303,9 @@ class Controller:
                           full_result=True, on_progress=tiles)
             r.upscaled, r.upscale_info = res.image, res
             job.part_done(i)
-        job.finish()
         last = self.results[-1].upscale_info
-        self._set_status(f"upscaled {n} picture(s) to {last.size[0]}×{last.size[1]} with "
+        self._finish_job(f"upscaled {n} picture(s) to {last.size[0]}×{last.size[1]} with "
                          f"{last.model} ({last.backend} on {last.device})")
-        self.on_change("results")
 
     def save(self, folder: str | Path | None = None) -> bool:
         """Save every picture (upscaled where it was) under a free name in ``folder``."""
