@@ -178,10 +178,11 @@ class Controller:
         return self._job
 
     def _finish_job(self, status: str) -> None:
-        """The job succeeded: the bar at 100 %, ``status`` said, the new pictures shown."""
+        """The job succeeded: the new pictures shown, the bar at 100 %, then ``status`` said (the
+        last signal, so whoever waits for it finds the pictures in place)."""
+        self.on_change("results")
         self._job.finish()
         self._set_status(status)
-        self.on_change("results")
 
     def _reporting(self, part: int, describe: Callable[[int, int], str]) -> Callable[[int, int], None]:
         """The ``on_progress`` for part ``part`` of the job: moves the bar, says where it is."""

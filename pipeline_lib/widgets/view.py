@@ -23,6 +23,8 @@ __all__ = ["App", "uploaded_files", "set_tooltip"]
 _FIELD = {"description_width": "150px"}  # fits "guidance (<0: preset)" at the default font
 _CELL = "repeat(auto-fill, minmax(220px, 1fr))"  # 4 pictures a row at 1024 px, more when wider
 _CAPTION = "<div style='font-size:12px;line-height:1.35;white-space:normal;overflow-wrap:anywhere'>{}</div>"
+# picture captions take two lines, so the pictures of a row start at the same height
+_PICTURE_CAPTION = _CAPTION.replace("'>", ";min-height:2.7em'>", 1)
 
 
 def uploaded_files(value) -> list[tuple[str, bytes]]:
@@ -44,7 +46,7 @@ def set_tooltip(widget, text: str) -> None:
 
 
 def _field(widget, tooltip: str | None = None):
-    widget.layout = w.Layout(width="auto", min_width="0")
+    widget.layout = w.Layout(width="100%", min_width="0")  # the grid cell's width
     if tooltip:
         set_tooltip(widget, tooltip)
     return widget
@@ -94,9 +96,9 @@ class App:
         c, d = self.controller, self.controller.defaults
         self.prompt = w.Textarea(value=c.prompt_default, style=_FIELD,
                                  placeholder="describe the photo", description="prompt",
-                                 layout=w.Layout(width="100%", height="64px"))
+                                 layout=w.Layout(width="auto", height="64px"))
         self.negative_prompt = w.Textarea(placeholder="(empty: the preset's own)", style=_FIELD,
-                                          description="negative", layout=w.Layout(width="100%"))
+                                          description="negative", layout=w.Layout(width="auto"))
         self.model = _field(w.Dropdown(options=c.models, value=c.models[0], description="model",
                                        style=_FIELD))
         self.aspect = _field(w.Dropdown(options=[AUTO, *ASPECTS, CUSTOM], description="aspect",
@@ -123,6 +125,12 @@ class App:
                                          description="target size",
                                          placeholder="2048 (long side) or 1536x2048"))
         self.output_dir = _field(w.Text(value=str(output_dir), description="save to", style=_FIELD))
+        self.output_dir.layout.grid_column = "span 2"  # folder paths are long
+        for widget, css in ((self.prompt, "pl-prompt"), (self.aspect, "pl-aspect"),
+                            (self.width, "pl-width"), (self.height, "pl-height"),
+                            (self.upscaler, "pl-upscaler"), (self.target_size, "pl-target"),
+                            (self.output_dir, "pl-output-dir")):
+            widget.add_class(css)
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload image",
                                    icon="upload", layout=w.Layout(width="auto", min_width="150px"))
         set_tooltip(self.upload, "a PNG, JPEG or WebP picture to upscale (replaces the pictures shown)")
@@ -245,16 +253,16 @@ class App:
             return
         for row, box in zip(rows, self.gallery.children):
             for pic, cell in zip(row.pictures + row.crops, box.children[1].children):
-                cell.children[0].value = _CAPTION.format(html.escape(pic.caption, quote=False))
+                cell.children[0].value = _PICTURE_CAPTION.format(html.escape(pic.caption, quote=False))
                 cell.children[1].value = pic.png
 
     @staticmethod
     def _row(row: Row) -> w.VBox:
         cells = []
         for pic in row.pictures + row.crops:
-            img = w.Image(value=pic.png, format="png",
-                          layout=w.Layout(width="100%", height="auto", object_fit="contain"))
-            cell = w.VBox([w.HTML(_CAPTION.format(html.escape(pic.caption, quote=False))), img],
+            img = w.Image(value=pic.png, format="png", layout=w.Layout(
+                width="100%", height="auto", object_fit="contain", margin="0"))
+            cell = w.VBox([w.HTML(_PICTURE_CAPTION.format(html.escape(pic.caption, quote=False))), img],
                           layout=w.Layout(min_width="0", overflow="hidden"))
             cell.add_class("pl-picture")
             cells.append(cell)
