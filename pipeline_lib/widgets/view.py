@@ -46,7 +46,8 @@ def set_tooltip(widget, text: str) -> None:
 
 
 def _field(widget, tooltip: str | None = None):
-    widget.layout = w.Layout(width="100%", min_width="0")  # the grid cell's width
+    # the grid cell's width (side margins off: 100 % plus margins would stick out)
+    widget.layout = w.Layout(width="100%", min_width="0", margin="2px 0")
     if tooltip:
         set_tooltip(widget, tooltip)
     return widget
@@ -83,8 +84,8 @@ class App:
         self.widget = w.VBox([
             self.prompt, self.negative_prompt,
             _grid([self.model, self.aspect, self.width, self.height, self.steps, self.guidance,
-                   self.seed, self.num_images, self.upscaler, self.target_size, self.output_dir]),
-            _wrap_row([*self.buttons, self.upload]),
+                   self.seed, self.num_images, self.upscaler, self.target_size]),
+            _wrap_row([*self.buttons, self.upload, self.output_dir]),
             w.HBox([self.progress, self.progress_text], layout=w.Layout(width="100%")),
             self.status, self.message, self.notes, self.details_box,
             _wrap_row([self.zoom_x, self.zoom_y, self.zoom]), self.gallery,
@@ -96,9 +97,10 @@ class App:
         c, d = self.controller, self.controller.defaults
         self.prompt = w.Textarea(value=c.prompt_default, style=_FIELD,
                                  placeholder="describe the photo", description="prompt",
-                                 layout=w.Layout(width="auto", height="64px"))
+                                 layout=w.Layout(width="100%", height="64px", margin="2px 0"))
         self.negative_prompt = w.Textarea(placeholder="(empty: the preset's own)", style=_FIELD,
-                                          description="negative", layout=w.Layout(width="auto"))
+                                          description="negative",
+                                          layout=w.Layout(width="100%", margin="2px 0"))
         self.model = _field(w.Dropdown(options=c.models, value=c.models[0], description="model",
                                        style=_FIELD))
         self.aspect = _field(w.Dropdown(options=[AUTO, *ASPECTS, CUSTOM], description="aspect",
@@ -124,8 +126,9 @@ class App:
         self.target_size = _field(w.Text(value=str(c.defaults["target_size"]), style=_FIELD,
                                          description="target size",
                                          placeholder="2048 (long side) or 1536x2048"))
-        self.output_dir = _field(w.Text(value=str(output_dir), description="save to", style=_FIELD))
-        self.output_dir.layout.grid_column = "span 2"  # folder paths are long
+        # beside the buttons, taking the rest of their row: folder paths are long
+        self.output_dir = w.Text(value=str(output_dir), description="save to", style=_FIELD,
+                                 layout=w.Layout(flex="1 1 360px", width="auto", min_width="300px"))
         for widget, css in ((self.prompt, "pl-prompt"), (self.aspect, "pl-aspect"),
                             (self.width, "pl-width"), (self.height, "pl-height"),
                             (self.upscaler, "pl-upscaler"), (self.target_size, "pl-target"),

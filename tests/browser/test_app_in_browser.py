@@ -32,6 +32,16 @@ PICTURES_JS = """app => [...app.querySelectorAll('.pl-gallery .pl-picture')].map
 })"""
 
 
+# Every control of the app: its right edge (a control sticking out of the window is cut off).
+CONTROLS_JS = """app => [...app.querySelectorAll('input, select, textarea, button, .widget-label, '
+  + '.widget-html, .widget-hprogress, .widget-hslider')].map(e => {
+  const box = e.getBoundingClientRect();
+  return {what: e.className || e.tagName, text: (e.innerText || e.value || '').slice(0, 40),
+          right: box.right, width: box.width, cut: e.scrollWidth > e.clientWidth + 1
+          && ['BUTTON', 'LABEL'].includes(e.tagName)};
+}).filter(c => c.width > 0)"""
+
+
 class Session:
     """The page, the app's locator and a screenshot per step (kept in memory until a failure)."""
 
@@ -92,6 +102,9 @@ def _pictures_fit(s: Session, width: int, expect_count: int) -> list[dict]:
         assert c["loaded"] and c["width"] >= 150 and c["height"] >= 100, where
         assert c["left"] >= 0 and c["right"] <= c["viewWidth"] + 0.5 and c["insideCell"], where
         assert not c["captionCut"], where
+    view_width = cells[0]["viewWidth"]
+    for c in s.app.evaluate(CONTROLS_JS):
+        assert c["right"] <= view_width + 0.5 and not c["cut"], f"at {width} px: {c}"
     crops = [c for c in cells if "zoom" in c["caption"]]
     assert len(crops) == 2 and abs(crops[0]["width"] - crops[1]["width"]) < 1 \
         and abs(crops[0]["height"] - crops[1]["height"]) < 1, crops
@@ -123,11 +136,11 @@ def _session(s: Session, out_dir: Path, artifacts: Path) -> None:
     _bar_is_full(s)
     s.step("upscaled")
     # all four pictures (original, upscaled, and the same zoomed region of each) fully visible
-    _pictures_fit(s, 1280, 4)
-    page.screenshot(path=str(artifacts / "layout-1280.png"), full_page=True)
-    _pictures_fit(s, 1024, 4)
-    page.screenshot(path=str(artifacts / "layout-1024.png"), full_page=True)
-    s.page.set_viewport_size({"width": 1280, "height": 900})
+    for width in (1280, 1024):
+        _pictures_fit(s, width, 4)
+        page.set_viewport_size({"width": width, "height": 1400})  # the whole app in the shot
+        page.screenshot(path=str(artifacts / f"layout-{width}.png"))
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     app.locator(".pl-save").click()
     s.wait_status("saved 1 file(s)")
