@@ -30,6 +30,18 @@ def _upload(content: bytes, name: str) -> tuple[dict, ...]:
              "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
 
 
+def _send_upload(upload, content: bytes, name: str) -> None:
+    """What the browser sends when a file is picked: ipywidgets 8 a ``value`` list; 7.x (Colab's
+    7.7.1) ``metadata`` and ``data`` lists and a bumped ``_counter``, from which it builds value."""
+    if upload.has_trait("_counter"):
+        meta = {"name": name, "type": "image/png", "size": len(content), "lastModified": 0}
+        upload.set_state({"metadata": [meta], "data": [memoryview(content)],
+                          "_counter": upload._counter + 1})
+    else:
+        upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content),
+                                     "content": memoryview(content), "last_modified": 0}]})
+
+
 def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
@@ -107,7 +119,7 @@ def test_bad_input_shows_message_and_app_keeps_working(ui):
     ui.upscale_button.click()
     assert "nothing to upscale" in ui.message.value
 
-    ui.upload.value = _upload(b"this is not a picture", "notes.png")
+    _send_upload(ui.upload, b"this is not a picture", "notes.png")
     assert "not an image" in ui.message.value and "notes.png" in ui.message.value
     assert ui.results == []
 
@@ -147,7 +159,7 @@ def test_unexpected_error_is_one_line_with_folded_details(ui, monkeypatch):
 
 
 def test_upload_upscale_and_save(ui, small_photo):
-    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
     assert "⚠" not in ui.message.value, ui.message.value
     assert [im.size for im in ui.shown_images()] == [(48, 40)]
     ui.target_size.value = "96"
@@ -162,7 +174,7 @@ def test_upload_upscale_and_save(ui, small_photo):
 
 
 def test_zoom_crop_follows_sliders(ui, small_photo):
-    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
     ui.upscale_button.click()
     (before,) = ui.shown_crops()
     assert len(before) == 2
@@ -203,7 +215,7 @@ def test_library_warning_and_progress_reach_the_view(ui):
 
 
 def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
-    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
     ui.upscaler.value = "4x-ultrasharp"  # not cached, downloads off
     ui.upscale_button.click()
     assert "WeightsError" in ui.message.value and "4x-UltraSharp.pth" in ui.message.value
