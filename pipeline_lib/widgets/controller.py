@@ -12,7 +12,7 @@ True
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 import logging
@@ -62,6 +62,14 @@ class Result:
     generated: Any = None  # GeneratedImage when it came from generate()
     upscaled: Any = None
     upscale_info: Any = None  # UpscaleResult of the last upscale
+    previews: dict = field(default_factory=dict, repr=False)  # id(picture) → (picture, PNG)
+
+    def preview(self, picture) -> bytes:
+        """The browser's copy of ``picture`` (made once: zooming re-draws only the crops)."""
+        key = id(picture)
+        if key not in self.previews or self.previews[key][0] is not picture:
+            self.previews[key] = (picture, preview_png(picture, PREVIEW))
+        return self.previews[key][1]
 
     @property
     def shown(self):
@@ -345,7 +353,7 @@ class Controller:
             pics = [r.original] + ([r.upscaled] if r.upscaled is not None else [])
             captions = ["original"] + ([f"upscaled with {r.upscale_info.model}"]
                                        if r.upscaled is not None else [])
-            shown = [Picture(f"{c}, {p.width}×{p.height}", preview_png(p, PREVIEW), p.size)
+            shown = [Picture(f"{c}, {p.width}×{p.height}", r.preview(p), p.size)
                      for p, c in zip(pics, captions)]
             crops = zoom_crops(pics, box, as_figure=False, display=CROP_DISPLAY)
             zoomed = [Picture(f"{c.split(',')[0]}, zoom ×{self.zoom[2]:g}", preview_png(z), p.size)

@@ -71,6 +71,12 @@ def _wrap_row(children) -> w.HBox:
                                             width="100%"))
 
 
+def _close_tree(widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
 class App:
     """The widgets app. Build it with :func:`pipeline_lib.app`; display it in a notebook."""
 
@@ -251,8 +257,10 @@ class App:
         rows = self.controller.rows()
         shape = [(r.name, len(r.pictures), len(r.crops)) for r in rows]
         if shape != self._shape:
-            self._shape = shape
+            self._shape, old = shape, self.gallery.children
             self.gallery.children = [self._row(r) for r in rows]
+            for row in old:  # free the kernel's copies of the pictures no longer shown
+                _close_tree(row)
             return
         for row, box in zip(rows, self.gallery.children):
             for pic, cell in zip(row.pictures + row.crops, box.children[1].children):
