@@ -170,10 +170,10 @@ class Controller:
     def _failed(self, text: str, details: str = "") -> None:
         if self._job is None:  # refused before any work started
             self._job = JobProgress(1, None, self.clock)
+        self._show(Message("error", text, details))
         self.progress = self._job.finish(failed=True)
         self.on_change("progress")
-        self._set_status("failed")
-        self._show(Message("error", text, details))
+        self._set_status("failed")  # the last signal: the message is in place by then
 
     def _start_job(self, parts: int, status: str) -> JobProgress:
         def update(state: Progress) -> None:
@@ -333,8 +333,8 @@ class Controller:
             paths.append(save_to_free_name(folder, stem, lambda dest, r=r: save_result(
                 dest, r.shown, generated=r.generated, upscaled=r.upscale_info)))
         self.saved += paths
-        self._set_status(f"saved {len(paths)} file(s) in {folder}")
         self._show(Message("info", "saved: " + ", ".join(str(p) for p in paths)))
+        self._set_status(f"saved {len(paths)} file(s) in {folder}")
 
     # ------------------------------------------------------------ showing results
     def set_zoom(self, x: float, y: float, factor: float) -> None:

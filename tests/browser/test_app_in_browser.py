@@ -154,6 +154,7 @@ def _session(s: Session, out_dir: Path, artifacts: Path) -> None:
     s.fill(".pl-width", "5000", key="Enter")
     app.locator(".pl-generate").click()
     s.wait_status("failed")
+    expect(s.text(".pl-message")).to_contain_text("InvalidParameterError: ")
     message = s.text(".pl-message").inner_text()
     assert "InvalidParameterError: " in message and "4096" in message, message
     assert "unexpected" not in message and "UnboundLocalError" not in message, message
