@@ -185,6 +185,14 @@ def test_zoom_crop_follows_sliders(ui, small_photo):
     assert [a.tobytes() for a in after] != [b.tobytes() for b in before]
 
 
+def test_app_is_reachable_from_the_package_and_the_widgets_package():
+    import pipeline_lib.widgets as widgets
+    from pipeline_lib.widgets import view
+
+    assert pl.app is widgets.app is view.app
+    assert widgets.__all__ == ["app"]
+
+
 def test_upload_value_of_ipywidgets_7_and_8(small_photo):
     data = _png_bytes(small_photo)
     v8 = _upload(data, "face.png")
