@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InvalidParameterError, PipelineError
+from .presentation import as_8bit
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,6 @@ __all__ = ["side_by_side", "zoom_crops", "crop_box", "compare_upscalers", "compa
 
 BICUBIC = "bicubic"
 Box = Sequence[float]
-
-
-def _as_pil(img) -> Image.Image:
-    if isinstance(img, Image.Image):
-        return img
-    arr = np.asarray(img)
-    if arr.dtype == np.uint16:  # 16-bit colour: show it at 8 bits
-        arr = (arr >> 8).astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 # ------------------------------------------------------------------ figures
@@ -69,7 +61,7 @@ def side_by_side(images: Sequence, labels: Sequence[str] | None = None, *, cols:
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, img, label in zip(axes.flat, images, labels):
-        pil = _as_pil(img)
+        pil = as_8bit(img)
         # nearest: a small source must show its real pixels, not a smoothed guess
         ax.imshow(np.asarray(pil), interpolation="nearest" if max(pil.size) < 512 else "antialiased",
                   cmap="gray" if pil.mode in ("L", "I;16") else None)
@@ -81,7 +73,7 @@ def side_by_side(images: Sequence, labels: Sequence[str] | None = None, *, cols:
 def crop_box(image, box: Box) -> Image.Image:
     """Crop ``box`` = (left, top, right, bottom) given as *fractions* of the image (0..1), so the
     same box picks the same region from a picture and from its upscaled version."""
-    pil = _as_pil(image)
+    pil = as_8bit(image)
     if len(box) != 4:
         raise InvalidParameterError(f"box must be (left, top, right, bottom), got {box!r}.")
     l, t, r, b = (float(v) for v in box)
@@ -178,7 +170,7 @@ class Table(list):
 def shrink(image, factor: int = 4) -> Image.Image:
     """A ``factor``× smaller copy (bicubic, as super-resolution papers make test inputs), cropped
     first so the sides divide exactly; the cropped original is its PSNR reference."""
-    pil = _as_pil(image).convert("RGB")
+    pil = as_8bit(image).convert("RGB")
     w, h = pil.width - pil.width % factor, pil.height - pil.height % factor
     if w < factor or h < factor:
         raise InvalidParameterError(f"image {pil.size} is too small to shrink {factor}×.")
@@ -244,8 +236,8 @@ def compare_upscalers(image, models: Iterable[str] | None = None, reference=None
     from .upscale import load_upscaler, upscale
     from .upscale.sizing import target_size
 
-    src = _as_pil(image).convert("RGB")
-    ref = _as_pil(reference).convert("RGB") if reference is not None else None
+    src = as_8bit(image).convert("RGB")
+    ref = as_8bit(reference).convert("RGB") if reference is not None else None
     if ref is not None:
         if size is not None or scale is not None:
             raise InvalidParameterError("with a reference the output size is the reference's; "

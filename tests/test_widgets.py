@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("ipywidgets")
 
 import pipeline_lib as pl  # noqa: E402
-from pipeline_lib.widgets import App  # noqa: E402
+from pipeline_lib.widgets.view import App, uploaded_files  # noqa: E402
 
 
 @pytest.fixture()
@@ -28,6 +28,18 @@ def ui(tmp_path) -> App:
 def _upload(content: bytes, name: str) -> tuple[dict, ...]:
     return ({"name": name, "type": "", "size": len(content), "content": memoryview(content),
              "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+
+def _send_upload(upload, content: bytes, name: str) -> None:
+    """What the browser sends when a file is picked: ipywidgets 8 a ``value`` list; 7.x (Colab's
+    7.7.1) ``metadata`` and ``data`` lists and a bumped ``_counter``, from which it builds value."""
+    if upload.has_trait("_counter"):
+        meta = {"name": name, "type": "image/png", "size": len(content), "lastModified": 0}
+        upload.set_state({"metadata": [meta], "data": [memoryview(content)],
+                          "_counter": upload._counter + 1})
+    else:
+        upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content),
+                                     "content": memoryview(content), "last_modified": 0}]})
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -54,7 +66,9 @@ def test_generate_upscale_save(ui, tmp_path):
     assert [r.generated.seed for r in ui.results] == [7, 8]
     assert [im.size for im in ui.shown_images()] == [(64, 64), (64, 64)]
     steps = ui.results[0].generated.params["steps"]
-    assert ui.progress.max == steps and ui.progress.value == steps  # moved per denoising step
+    p = ui.controller.progress  # moved per denoising step, to the end
+    assert (p.done, p.total, p.finished) == (steps, steps, True)
+    assert ui.progress.value == ui.progress.max == 100 and ui.progress_text.value.startswith("100 %")
 
     ui.upscale_button.click()
     assert "⚠" not in ui.message.value, ui.message.value
@@ -105,7 +119,7 @@ def test_bad_input_shows_message_and_app_keeps_working(ui):
     ui.upscale_button.click()
     assert "nothing to upscale" in ui.message.value
 
-    ui.upload.value = _upload(b"this is not a picture", "notes.png")
+    _send_upload(ui.upload, b"this is not a picture", "notes.png")
     assert "not an image" in ui.message.value and "notes.png" in ui.message.value
     assert ui.results == []
 
@@ -145,7 +159,7 @@ def test_unexpected_error_is_one_line_with_folded_details(ui, monkeypatch):
 
 
 def test_upload_upscale_and_save(ui, small_photo):
-    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
     assert "⚠" not in ui.message.value, ui.message.value
     assert [im.size for im in ui.shown_images()] == [(48, 40)]
     ui.target_size.value = "96"
@@ -160,13 +174,57 @@ def test_upload_upscale_and_save(ui, small_photo):
 
 
 def test_zoom_crop_follows_sliders(ui, small_photo):
-    ui.upload.value = _upload(_png_bytes(small_photo), "face.png")
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
     ui.upscale_button.click()
-    crops_widget = ui.gallery.children[0].children[1].children[-1].children[1]
-    before = [bytes(c.value) for c in crops_widget.children]
+    (before,) = ui.shown_crops()
     assert len(before) == 2
-    sizes = [Image.open(io.BytesIO(b)).size for b in before]
-    assert sizes[0] == sizes[1]  # the same region shown at the same size
+    assert before[0].size == before[1].size  # the same region shown at the same size
     ui.zoom.value = 8
-    crops_widget = ui.gallery.children[0].children[1].children[-1].children[1]
-    assert [bytes(c.value) for c in crops_widget.children] != before
+    (after,) = ui.shown_crops()
+    assert after[0].size == after[1].size
+    assert [a.tobytes() for a in after] != [b.tobytes() for b in before]
+
+
+def test_app_is_reachable_from_the_package_and_the_widgets_package():
+    import pipeline_lib.widgets as widgets
+    from pipeline_lib.widgets import view
+
+    assert pl.app is widgets.app is view.app
+    assert widgets.__all__ == ["app"]
+
+
+def test_upload_value_of_ipywidgets_7_and_8(small_photo):
+    data = _png_bytes(small_photo)
+    v8 = _upload(data, "face.png")
+    v7 = {"face.png": {"metadata": {"name": "face.png", "type": "image/png", "size": len(data),
+                                    "lastModified": 0}, "content": data}}
+    assert uploaded_files(v8) == uploaded_files(v7) == [("face.png", data)]
+    assert uploaded_files(()) == uploaded_files({}) == []
+
+
+def test_controls_explain_themselves(ui):
+    assert ui.upload.description == "Upload image"
+    tip = getattr(ui.upload, "tooltip", None) or getattr(ui.upload, "description_tooltip", None)
+    assert tip and "PNG" in tip
+    assert ui.details_box.get_title(0) == "details"
+    assert all(b.layout.min_width for b in ui.buttons)  # never squeezed to "Gener…"
+    assert all(s.layout.min_width for s in (ui.zoom_x, ui.zoom_y, ui.zoom))
+
+
+def test_library_warning_and_progress_reach_the_view(ui):
+    seen = []
+    ui.progress.observe(lambda c: seen.append(c["new"]), names="value")
+    ui.width.value = 70
+    ui.generate_button.click()
+    assert ui.message.value == "" and "72x64" in ui.notes.value and "70x64" in ui.notes.value
+    assert seen[-1] == 100 and any(0 < v < 100 for v in seen)  # moved during the steps
+    assert "72×64" in ui.status.value and ui.progress.bar_style == "success"
+    assert not any(b.disabled for b in ui.buttons) and not ui.upload.disabled
+
+
+def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
+    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
+    ui.upscaler.value = "4x-ultrasharp"  # not cached, downloads off
+    ui.upscale_button.click()
+    assert "WeightsError" in ui.message.value and "4x-UltraSharp.pth" in ui.message.value
+    assert ui.results[0].upscaled is None and ui.progress.bar_style == "danger"
