@@ -112,3 +112,68 @@ def test_output_size_is_always_exact(w, h, scale):
     arr = np.full((h, w, 3), 90, np.uint8)
     out = upscale(arr, FAST, scale=scale, progress=False)
     assert out.shape == (max(1, round(h * scale)), max(1, round(w * scale)), 3)
+
+
+# --- spandrel's per-architecture tiling advice (ModelDescriptor.tiling)
+
+def _load_marked(monkeypatch, tiling):
+    """The fast model, loaded as if spandrel marked its architecture with ``tiling``."""
+    from pipeline_lib.upscale.backends import torch_backend
+    from pipeline_lib.upscale.registry import MODELS
+
+    real = torch_backend.read_model
+
+    def marked(target, progress=True):
+        desc, path, name = real(target, progress)
+        desc.tiling = tiling
+        return desc, path, name
+
+    monkeypatch.setattr(torch_backend, "read_model", marked)
+    return torch_backend.load(MODELS[FAST], device="cpu", progress=False)
+
+
+def _fail_over(up, side: int):
+    """Make the model run out of memory on inputs wider than ``side``."""
+    module = up.info["module"]
+    real = module.forward
+
+    def forward(x):
+        if x.shape[-1] > side:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory (simulated)")
+        return real(x)
+
+    module.forward = forward
+
+
+def test_model_marked_internal_runs_whole_or_is_refused(monkeypatch, crop):
+    from spandrel import ModelTiling
+
+    from pipeline_lib.upscale.tiling import (WholeImageOutOfMemoryError, run_with_backoff,
+                                             tile_for_model)
+
+    up = _load_marked(monkeypatch, ModelTiling.INTERNAL)
+    assert up.info["tiling"] == "internal" and up.default_tile == 0
+    chw = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)[:, :40, :48] / 255
+    tile = tile_for_model(up.info["tiling"], 24, up.default_tile)  # a tile asked for: ignored
+    assert tile == 0
+    out, used = run_with_backoff(up.run, chw, up.scale, tile, 8)
+    assert used == 0
+    np.testing.assert_array_equal(out, up.run(chw[None])[0])
+    _fail_over(up, 32)
+    with pytest.raises(WholeImageOutOfMemoryError, match="must see the whole image.*40×48"):
+        run_with_backoff(up.run, chw, up.scale, tile, 8)
+
+
+def test_model_marked_discouraged_runs_whole_unless_a_tile_is_asked(monkeypatch, crop):
+    from spandrel import ModelTiling
+
+    from pipeline_lib.upscale.tiling import run_with_backoff, tile_for_model
+
+    up = _load_marked(monkeypatch, ModelTiling.DISCOURAGED)
+    assert up.info["tiling"] == "discouraged" and up.default_tile == 0
+    assert tile_for_model(up.info["tiling"], None, up.default_tile) == 0
+    assert tile_for_model(up.info["tiling"], 24, up.default_tile) == 24
+    chw = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)[:, :40, :48] / 255
+    _fail_over(up, 32)  # out of memory whole: it may still be tiled, so the tiler backs off
+    out, used = run_with_backoff(up.run, chw, up.scale, 0, 8)
+    assert used == 24 and out.shape == (3, 160, 192)

@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import InvalidParameterError, TileOutOfMemoryError
 
-__all__ = ["MIN_TILE", "Progress", "tile_layout", "effective_overlap", "one_call", "count_tiles",
-           "check_tiling", "run_tiled", "run_with_backoff"]
+__all__ = ["MIN_TILE", "Progress", "WholeImageOutOfMemoryError", "tile_layout", "effective_overlap",
+           "one_call", "count_tiles", "check_tiling", "tile_for_model", "run_tiled",
+           "run_with_backoff"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,33 @@ MIN_TILE = 16
 
 class Progress(Protocol):
     def update(self, n: int = 1) -> object: ...
+
+
+class WholeImageOutOfMemoryError(TileOutOfMemoryError):
+    """Out of memory in a model that must see the whole image: smaller tiles are no cure, so
+    :func:`run_with_backoff` passes it on instead of retrying."""
+
+
+def tile_for_model(tiling: str, tile: int | None, default: int) -> int:
+    """The tile to use given spandrel's advice for the model's architecture (``tiling``:
+    'supported', 'discouraged' or 'internal') and the caller's ``tile`` (None: ``default``).
+
+    'internal' models (they tile, or need global context, inside) always run whole, a tile
+    asked for is ignored with a warning; 'discouraged' ones run whole unless a tile is asked for.
+
+    >>> tile_for_model("internal", 128, 256), tile_for_model("discouraged", None, 256)
+    (0, 0)
+    >>> tile_for_model("discouraged", 128, 256), tile_for_model("supported", None, 256)
+    (128, 256)
+    """
+    if tiling == "internal":
+        if tile:
+            log.warning("tile=%d ignored: this model's architecture needs the whole image at "
+                        "once (spandrel marks it as tiling internally)", tile)
+        return 0
+    if tile is None:
+        return 0 if tiling == "discouraged" else default
+    return tile
 
 
 def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
@@ -142,6 +170,8 @@ def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overl
         try:
             return run_tiled(fn, image, scale, tile, effective_overlap(tile, overlap),
                              batch, progress), tile
+        except WholeImageOutOfMemoryError:
+            raise
         except TileOutOfMemoryError:
             current = tile if tile > 0 else max(h, w)
             if batch > 1:
