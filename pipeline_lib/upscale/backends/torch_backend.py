@@ -20,7 +20,8 @@ from . import Upscaler
 from .mixed_bf16 import bf16_with_fp32_residual
 from .nearest_upconv import rewrite_nearest_upconv
 
-__all__ = ["BF16_DEFAULT_ARCHS", "load_state_dict", "read_model", "choose_dtype", "load"]
+__all__ = ["BF16_DEFAULT_ARCHS", "load_state_dict", "read_model", "choose_dtype", "cpu_tile",
+           "note_default_bf16", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,16 @@ def _per_px_bytes(desc, dtype) -> int:
     return (24 if dtype == torch.float16 else 48) * 1024 // 16 * desc.scale ** 2
 
 
+def cpu_tile(desc) -> int:
+    """The tile where free memory is not measured (CPU, MPS): RRDBNet-class models are the
+    heavy ones per pixel."""
+    return 256 if desc.architecture.id == "ESRGAN" else 384
+
+
 def _auto_tile(desc, device: torch.device, dtype: torch.dtype) -> int:
     free = free_memory(device)
     if free is None:
-        return 256 if desc.architecture.name in ("ESRGAN",) else 384
+        return cpu_tile(desc)
     # keep half the free memory as head-room for the allocator and other models
     side = int(math.sqrt(free * 0.5 / _per_px_bytes(desc, dtype)))
     return max(64, min(1024, side // 32 * 32))
@@ -144,6 +151,12 @@ def choose_dtype(desc, dev: torch.device, dtype, name: str) -> torch.dtype:
         log.warning("bf16 has no native support for %s on %s; using fp32", name, dev)
         return torch.float32
     return dt
+
+
+def note_default_bf16(name: str) -> None:
+    """The one log line of a load that chose bf16 on a CPU by default: what and how to undo it."""
+    log.info("%s runs in bf16 on this CPU (native bf16: 2-4× faster than fp32, within a few "
+             "levels of it); dtype='fp32' (CLI --dtype fp32) gives the exact fp32 output", name)
 
 
 def _prepare(desc, dev: torch.device, dt: torch.dtype, default: bool):
@@ -278,9 +291,7 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     dt = choose_dtype(desc, dev, dtype, name)
     module, dt, in_dt, fused_upconvs, fp32_sums = _prepare(desc, dev, dt, default=dtype is None)
     if dtype is None and dt == torch.bfloat16 and dev.type == "cpu":
-        log.info("%s runs in bf16 on this CPU (native bf16: 2-4× faster than fp32, within a "
-                 "few levels of it); dtype='fp32' (CLI --dtype fp32) gives the exact fp32 output",
-                 name)
+        note_default_bf16(name)
     model = torch.compile(module, dynamic=False) if compile else module
     run, run_whole = _runners(_forward_fn(model, desc, dev, in_dt, name))
     whole_only = desc.tiling != ModelTiling.SUPPORTED
