@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from conftest import psnr
 from pipeline_lib import load_upscaler, upscale
@@ -177,3 +179,27 @@ def test_model_marked_discouraged_runs_whole_unless_a_tile_is_asked(monkeypatch,
     _fail_over(up, 32)  # out of memory whole: it may still be tiled, so the tiler backs off
     out, used = run_with_backoff(up.run, chw, up.scale, 0, 8)
     assert used == 24 and out.shape == (3, 160, 192)
+
+
+# --- the seam bound: tiles of 128 px reach ≥ 50 dB against untiled on a hard texture
+
+TEXTURE = Path(__file__).resolve().parent / "data" / "texture-mix-192.png"
+
+
+@pytest.mark.parametrize("model, arch", [("realesrgan-x4plus", "ESRGAN"),
+                                         ("realesr-animevideov3", "Compact")])
+def test_default_overlap_keeps_128px_tiles_seam_free_on_a_texture(model, arch):
+    """gravel, grass and brick (CC0, scikit-image) as the three channels: fine detail everywhere,
+    harder than a photo (bench/seams.py). The overlap is the model's default (info['overlap'])."""
+    from pipeline_lib.upscale.tiling import default_overlap
+
+    tex = np.asarray(Image.open(TEXTURE).convert("RGB"))
+    assert tex.shape == (192, 192, 3)
+    up = load_upscaler(model, device="cpu", backend="torch", dtype="fp32", progress=False)
+    assert up.info["overlap"] == default_overlap(arch)
+    kw = dict(backend="torch", device="cpu", dtype="fp32", progress=False)
+    ref = upscale(tex, model, tile=0, **kw)
+    out = upscale(tex, model, tile=128, overlap=up.info["overlap"], **kw)
+    value = psnr(ref, out)
+    print(f"{model} tile=128 overlap={up.info['overlap']}: {value:.1f} dB")
+    assert value >= 50.0

@@ -17,14 +17,22 @@ import numpy as np
 
 from ..errors import InvalidParameterError, TileOutOfMemoryError
 
-__all__ = ["MIN_TILE", "Progress", "WholeImageOutOfMemoryError", "tile_layout", "effective_overlap",
-           "one_call", "count_tiles", "check_tiling", "tile_for_model", "run_tiled",
-           "run_with_backoff"]
+__all__ = ["MIN_TILE", "DEFAULT_OVERLAP", "Progress", "WholeImageOutOfMemoryError", "tile_layout",
+           "effective_overlap", "default_overlap", "one_call", "count_tiles", "check_tiling",
+           "tile_for_model", "run_tiled", "run_with_backoff"]
 
 log = logging.getLogger(__name__)
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 MIN_TILE = 16
+#: Overlap (input px) for architectures not measured below.
+DEFAULT_OVERLAP = 32
+# How far (input px) each architecture's output still measurably depends on its input, read off
+# bench/seams.py's tile × overlap table: the overlap that keeps tiled output ≥ 50 dB from the
+# untiled one on a hard texture (README's tiling table). x4plus's 23 residual-in-residual blocks
+# reach far (overlap 32 left 46 dB on gravel at tile 128); the 16-conv SRVGG compact models fall
+# off fast (16 px: 63 dB). Keys: spandrel architecture ids and registry architecture names.
+_OVERLAP = {"ESRGAN": 64, "RRDBNet": 64, "Compact": 16, "SRVGGNetCompact": 16}
 
 
 class Progress(Protocol):
@@ -77,6 +85,17 @@ def effective_overlap(tile: int, overlap: int) -> int:
     """The overlap actually used: less than half the tile (tiles shrunk by OOM back-off keep
     the caller's overlap only while it fits)."""
     return min(overlap, max(tile // 2 - 1, 0))
+
+
+def default_overlap(architecture: str | None) -> int:
+    """The overlap to use when the caller gives none, for ``architecture`` (a spandrel id such
+    as 'ESRGAN' or a registry architecture such as 'SRVGGNetCompact'); tiles smaller than twice
+    it share less (:func:`effective_overlap`).
+
+    >>> default_overlap("ESRGAN"), default_overlap("SRVGGNetCompact"), default_overlap(None)
+    (64, 16, 32)
+    """
+    return _OVERLAP.get(architecture or "", DEFAULT_OVERLAP)
 
 
 def one_call(h: int, w: int, tile: int) -> bool:

@@ -34,6 +34,7 @@ from ...errors import (BackendUnavailableError, InvalidParameterError, PipelineE
 from .. import weights as W
 from ..ncnn_format import parse_param
 from ..registry import ModelSpec
+from ..tiling import default_overlap
 from . import Upscaler
 
 __all__ = ["MAX_TILE", "VulkanDevice", "vulkan_devices", "choose_device", "blob_names", "load"]
@@ -318,4 +319,5 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         default_tile=MAX_TILE if compact else 200, max_tile=MAX_TILE,
         default_scale=spec.default_scale if spec else None, release=net.clear,
         info={"param": str(param_path), "bin": str(bin_path), "threads": n_threads,
-              "vulkan_device": vk.name if vk else None, "input": in_blob, "output": out_blob})
+              "vulkan_device": vk.name if vk else None, "input": in_blob, "output": out_blob,
+              "overlap": default_overlap(spec.arch if spec else None)})

@@ -34,6 +34,7 @@ from ...errors import (BackendUnavailableError, InvalidParameterError, TileOutOf
 from ...outputs import atomic_output, atomic_write
 from .. import weights as W
 from ..registry import ModelSpec
+from ..tiling import default_overlap
 from . import Upscaler
 
 __all__ = ["ir_folder", "export_ir", "openvino_device", "load"]
@@ -206,4 +207,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         info={"architecture": desc.architecture.name, "weights": str(path), "ir": str(folder),
               "openvino": ov.__version__, "precision_hint": hint,
               "loaded_from_cache": bool(compiled.get_property("LOADED_FROM_CACHE")),
-              "tiling": desc.tiling.name.lower()})
+              "tiling": desc.tiling.name.lower(), "overlap": default_overlap(desc.architecture.id)})

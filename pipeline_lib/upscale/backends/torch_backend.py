@@ -15,7 +15,7 @@ from ...devices import resolve_device, resolve_dtype, supports_bf16, free_memory
 from ...errors import InvalidParameterError, TileOutOfMemoryError, WeightsError
 from .. import weights as W
 from ..registry import ModelSpec
-from ..tiling import WholeImageOutOfMemoryError
+from ..tiling import WholeImageOutOfMemoryError, default_overlap
 from . import Upscaler
 from .mixed_bf16 import bf16_with_fp32_residual
 from .nearest_upconv import rewrite_nearest_upconv
@@ -281,9 +281,10 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
 
     ``compile=True`` wraps the model in ``torch.compile`` (fixed shapes: the tiler feeds one tile
     shape): it costs a compile per new shape (tens of seconds), so it pays on long GPU jobs only.
-    ``info["tiling"]`` is spandrel's advice for the architecture ('supported', 'discouraged',
-    'internal'); the last two default to no tiling (``default_tile=0``), see
-    :func:`..tiling.tile_for_model`.
+    ``info["overlap"]`` is the overlap tiles need for this architecture
+    (:func:`..tiling.default_overlap`); ``info["tiling"]`` is spandrel's advice for it
+    ('supported', 'discouraged', 'internal'), the last two run untiled by default
+    (``default_tile=0``, :func:`..tiling.tile_for_model`).
     """
     _check_options(compile, options)
     dev = resolve_device(device)
@@ -304,4 +305,4 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
         release=_release_fn(module, dev), run_whole=run_whole,
         info={"architecture": desc.architecture.name, "weights": str(path), "module": module,
               "compiled": compile, "fused_upconvs": fused_upconvs, "fp32_trunk": fp32_sums,
-              "tiling": desc.tiling.name.lower()})
+              "tiling": desc.tiling.name.lower(), "overlap": default_overlap(desc.architecture.id)})
