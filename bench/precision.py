@@ -10,7 +10,7 @@ bits against fp16's 11 the whole-bf16 model drifts further over x4plus's 69 resi
     python bench/precision.py                 # three 128² crops on the default device
     python bench/precision.py --quick         # three 64² crops (CPU fp16 is emulated: slow)
     python bench/precision.py --device cuda
-    python bench/precision.py --more --no-fp16 --models realesrgan-x4plus realesr-animevideov3
+    python bench/precision.py --more --formats bf16 bf16_fp32_residual --models realesrgan-x4plus realesr-animevideov3
                                               # the photos and textures README's table states
 
 Runs spandrel's plain module (no other library rewrites) so only the number formats differ. Ends
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["realesrgan-x4plus"])
     p.add_argument("--more", action="store_true",
                    help="also scikit-image's photos and the texture crops in tests/data")
-    p.add_argument("--no-fp16", action="store_true", help="skip fp16 (emulated, slow on a CPU)")
+    p.add_argument("--formats", nargs="+", choices=["fp16", "bf16", "bf16_fp32_residual"],
+                   help="which reduced formats (default: all the device has; fp16 on a CPU is "
+                        "emulated and slow)")
     a = p.parse_args(argv)
 
     import numpy as np
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         model = ModelLoader().load_from_state_dict(
             load_state_dict(converted_from_ncnn(MODELS[model_name]))).model.eval()
         model = model.to(device=device, memory_format=torch.channels_last)
-        nets = formats(model, device, not a.no_fp16)
+        nets = {k: v for k, v in formats(model, device, "fp16" in (a.formats or ["fp16"])).items()
+                if a.formats is None or k in a.formats}
         with torch.inference_mode():
             for crop_name, crop in crops.items():
                 x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div_(255)
