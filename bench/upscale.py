@@ -185,11 +185,13 @@ def _time_tiled(fn, a):
     only the network differs from ours. Returns (uint8 image, seconds per repeat)."""
     import numpy as np
 
-    from pipeline_lib.upscale.tiling import run_tiled
+    from pipeline_lib.upscale.tiling import effective_overlap, run_tiled
+
+    overlap = effective_overlap(a.tile, OVERLAP) if a.tile > 0 else 0  # as upscale() caps it
 
     def go(img):
         chw = np.multiply(img.transpose(2, 0, 1), np.float32(1.0 / 255.0), dtype=np.float32)
-        out = run_tiled(fn, chw, SCALE, max(a.tile, 0), OVERLAP).transpose(1, 2, 0)
+        out = run_tiled(fn, chw, SCALE, max(a.tile, 0), overlap).transpose(1, 2, 0)
         return np.clip(out * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
 
     img = _read_rgb(a.input)
