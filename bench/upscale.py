@@ -152,8 +152,7 @@ def worker_ncnn(a) -> dict:
     import ncnn
     import numpy as np
 
-    from pipeline_lib.upscale.pixels import from_float as _from_float, to_float as _to_float
-    from pipeline_lib.upscale.tiling import run_tiled
+
     from pipeline_lib.upscale.weights import ncnn_files
 
     param, binf = ncnn_files("REALESRGAN_X4PLUS_UP4X")
@@ -176,19 +175,45 @@ def worker_ncnn(a) -> dict:
                 outs.append(np.array(mat))
         return np.clip(np.stack(outs), 0.0, 1.0)
 
-    def go(img):
-        chw = _to_float(img)
-        return _from_float(run_tiled(fn, chw, SCALE, max(a.tile, 0), OVERLAP), img.dtype)
-
-    img = _read_rgb(a.input)
-    go(_warm_input(a.input, a.device))
-    out, times = C.timed(lambda: go(img), a.repeat)
+    out, times = _time_tiled(fn, a)
     return {"image": out, "times": times, "tile": max(a.tile, 0),
             "dtype": "ncnn-vulkan" if vulkan else f"ncnn-cpu-{a.dtype or 'fp32'}",
             "gpu_peak_mb": None}
 
 
-WORKERS = {"ours": worker_ours, "realesrganer": worker_realesrganer, "ncnn": worker_ncnn}
+def _time_tiled(fn, a):
+    """Time ``fn`` (float N×3×h×w → ×4) through the library's tiler on the input, after a warm-up:
+    only the network differs from ours. Returns (uint8 image, seconds per repeat)."""
+    import numpy as np
+
+    from pipeline_lib.upscale.tiling import effective_overlap, run_tiled
+
+    overlap = effective_overlap(a.tile, OVERLAP) if a.tile > 0 else 0  # as upscale() caps it
+
+    def go(img):
+        chw = np.multiply(img.transpose(2, 0, 1), np.float32(1.0 / 255.0), dtype=np.float32)
+        out = run_tiled(fn, chw, SCALE, max(a.tile, 0), overlap).transpose(1, 2, 0)
+        return np.clip(out * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
+
+    img = _read_rgb(a.input)
+    go(_warm_input(a.input, a.device))
+    return C.timed(lambda: go(img), a.repeat)
+
+
+def worker_openvino(a) -> dict:
+    """The same weights exported to OpenVINO IR (pipeline_lib's openvino backend), CPU plugin."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline_lib.upscale.backends import openvino_backend
+    from pipeline_lib.upscale.registry import MODELS
+
+    up = openvino_backend.load(MODELS[MODEL], dtype=a.dtype, progress=False)
+    out, times = _time_tiled(up.run, a)
+    return {"image": out, "times": times, "tile": max(a.tile, 0), "dtype": f"openvino-{up.dtype}",
+            "gpu_peak_mb": None}
+
+
+WORKERS = {"ours": worker_ours, "realesrganer": worker_realesrganer, "ncnn": worker_ncnn,
+           "openvino": worker_openvino}
 
 
 def worker_main(a) -> int:
@@ -271,6 +296,12 @@ def run_one(python: Path, kind: str, inp: Path, tile: int, repeat: int, device: 
     return res
 
 
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def default_device() -> str:
     import torch
 
@@ -298,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 2; 1 with --quick)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--peer-venv", type=Path, default=HERE / ".venv-peer")
-    p.add_argument("--skip", nargs="*", default=[], choices=["realesrganer", "ncnn", "opencv"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["realesrganer", "ncnn", "opencv", "openvino"])
     p.add_argument("--json", type=Path, help="also write every row here")
     # worker mode (internal)
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -345,11 +376,15 @@ def main(argv: list[str] | None = None) -> int:
                     ("ncnn", me, 0, None, MODEL),
                     ("realesrganer", peer, tile, None, MODEL), ("ours", me, tile, None, MODEL),
                     ("ncnn", me, tile, None, MODEL), ("ours", me, -1, None, MODEL)]
-            if gpu:  # what fp16 costs in pixels: the same run in fp32
+            if gpu or native_bf16:  # what the default fp16 / bf16 costs: the same run in fp32,
+                # and on such CPUs ncnn's own bf16 mode as the default's peer
                 plan.append(("ours", me, 0, "fp32", MODEL))
-            elif native_bf16:  # the opt-in speed-up such CPUs offer, its cost in pixels, and
-                # ncnn's own bf16 mode as its peer
-                plan += [("ours", me, 0, "bf16", MODEL), ("ncnn", me, 0, "bf16", MODEL)]
+            if native_bf16:
+                plan.append(("ncnn", me, 0, "bf16", MODEL))
+            if not gpu and "openvino" not in a.skip and _has_openvino():
+                plan += [("openvino", me, 0, "fp32", MODEL), ("openvino", me, tile, "fp32", MODEL)]
+                if native_bf16:
+                    plan.append(("openvino", me, 0, None, MODEL))
             if "opencv" not in a.skip:
                 plan.append(("ours", me, -1, None, "fsrcnn-x4"))
                 from pipeline_lib.upscale.registry import MODELS
@@ -386,8 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                 label = kind if model == MODEL else f"{model} (opencv)"
                 r.update(method=label, size=size, tile_arg=t, dtype_arg=dt or "")
                 r["psnr_db"] = C.psnr(img, ref) if ref is not None and img.shape == ref.shape else None
-                if dt and untiled_ours is not None:
+                if (dt or kind != "ours") and untiled_ours is not None and t == 0:
                     r["psnr_vs_ours_default_db"] = C.psnr(img, untiled_ours)
+                same = images.get(("ours", t, dt, MODEL), images.get(("ours", t, None, MODEL)))
+                if kind == "openvino" and same is not None:  # fp32 against our fp32
+                    r["psnr_vs_ours_same_dtype_db"] = C.psnr(img, same)
                 r["mpix_s"] = (size * SCALE) ** 2 / 1e6 / r["best_s"]
                 rows.append(r)
                 mem = r["gpu_peak_mb"] if gpu else r["peak_rss_mb"]
@@ -430,20 +468,33 @@ def main(argv: list[str] | None = None) -> int:
     key = "gpu_peak_mb" if gpu else "peak_rss_mb"
     mem_ratio = mine[key] / theirs[key] if mine and theirs and theirs[key] else None
     tiled = ratio("realesrganer", tile)
-    pairs = [(r, pick("ours", s, 0, "bf16")) for s in sizes if (r := pick("ours", s, 0))]
-    pairs = [(a32, a16) for a32, a16 in pairs if a16]
-    bf16_speedup = statistics.median(a32["best_s"] / a16["best_s"] for a32, a16 in pairs) if pairs else None
-    bf16_psnr = min(a16["psnr_vs_ours_default_db"] for _a, a16 in pairs) if pairs else None
-    duel = [(r, n) for s in sizes if (r := pick("ours", s, 0, "bf16")) and (n := pick("ncnn", s, 0, "bf16"))]
-    bf16_vs_ncnn = statistics.median(n["best_s"] / r["best_s"] for r, n in duel) if duel else None
+    def ratio_of(slow, fast) -> float | None:
+        """Median over sizes of slow's best seconds / fast's, untiled; ``slow``/``fast`` are
+        (method, dtype) pairs."""
+        vals = [x["best_s"] / y["best_s"] for sz in sizes
+                if (x := pick(slow[0], sz, 0, slow[1])) and (y := pick(fast[0], sz, 0, fast[1]))]
+        return statistics.median(vals) if vals else None
+
+    def worst_psnr(method, dt, key="psnr_vs_ours_default_db") -> float | None:
+        vals = [r[key] for sz in sizes if (r := pick(method, sz, 0, dt)) and key in r]
+        return min(vals) if vals else None
+
+    ours32 = ("ours", "fp32") if (gpu or native_bf16) else ("ours", "")
+    ncnn32 = ("ncnn", "")
+    extra = (f" fp32_vs_ncnn_fp32={fmt(ratio_of(ncnn32, ours32))}"
+             f" openvino_fp32_vs_ours_fp32={fmt(ratio_of(ours32, ('openvino', 'fp32')))}"
+             f" psnr_openvino_fp32_vs_ours_db={fmt(worst_psnr('openvino', 'fp32', 'psnr_vs_ours_same_dtype_db'), '.1f')}")
+    if native_bf16:
+        extra += (f" default_speedup_over_fp32={fmt(ratio_of(ours32, ('ours', '')))}"
+                  f" psnr_fp32_vs_default_db={fmt(worst_psnr('ours', 'fp32'), '.1f')}"
+                  f" default_vs_ncnn_bf16={fmt(ratio_of(('ncnn', 'bf16'), ('ours', '')))}"
+                  f" openvino_default_vs_ours_default={fmt(ratio_of(('ours', ''), ('openvino', '')))}")
     print(f"\ntiled at {tile}: vs RealESRGANer {fmt(tiled)}×, vs ncnn {fmt(ratio('ncnn', tile))}×")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print(f"summary: vs_realesrganer={fmt(ratio('realesrganer'))} vs_ncnn={fmt(ratio('ncnn'))} "
           f"psnr_vs_realesrganer_db={fmt(min(psnrs) if psnrs else None, '.1f')} "
-          f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}"
-          + (f" bf16_speedup={fmt(bf16_speedup)} psnr_bf16_vs_fp32_db={fmt(bf16_psnr, '.1f')}"
-             f" bf16_vs_ncnn_bf16={fmt(bf16_vs_ncnn)}" if native_bf16 else ""))
+          f"peak_{'gpu' if gpu else 'rss'}_ratio={fmt(mem_ratio)}" + extra)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",
            "UnknownModelError", "WeightsError", "BackendUnavailableError", "TileOutOfMemoryError",
-           "OutputExistsError", "GenerationOutOfMemoryError"]
+           "WholeImageOutOfMemoryError", "OutputExistsError", "GenerationOutOfMemoryError"]
 
 
 class PipelineError(Exception):
@@ -43,6 +43,11 @@ class BackendUnavailableError(PipelineError, ImportError):
 
 class TileOutOfMemoryError(PipelineError, MemoryError):
     """A backend ran out of device memory on one tile; the tiler reacts by shrinking tiles."""
+
+
+class WholeImageOutOfMemoryError(TileOutOfMemoryError):
+    """Out of memory in a model that must see the whole image (spandrel marks its tiling
+    "internal"): smaller tiles are no cure, so the tiler passes it on instead of retrying."""
 
 
 class OutputExistsError(PipelineError, FileExistsError):

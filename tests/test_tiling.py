@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from conftest import psnr
 from pipeline_lib import load_upscaler, upscale
@@ -112,3 +114,94 @@ def test_output_size_is_always_exact(w, h, scale):
     arr = np.full((h, w, 3), 90, np.uint8)
     out = upscale(arr, FAST, scale=scale, progress=False)
     assert out.shape == (max(1, round(h * scale)), max(1, round(w * scale)), 3)
+
+
+# --- spandrel's per-architecture tiling advice (ModelDescriptor.tiling)
+
+def _load_marked(monkeypatch, tiling):
+    """The fast model, loaded as if spandrel marked its architecture with ``tiling``."""
+    from pipeline_lib.upscale.backends import torch_backend
+    from pipeline_lib.upscale.registry import MODELS
+
+    real = torch_backend.read_model
+
+    def marked(target, progress=True):
+        desc, path, name = real(target, progress)
+        desc.tiling = tiling
+        return desc, path, name
+
+    monkeypatch.setattr(torch_backend, "read_model", marked)
+    return torch_backend.load(MODELS[FAST], device="cpu", progress=False)
+
+
+def _fail_over(up, side: int):
+    """Make the model run out of memory on inputs wider than ``side``."""
+    module = up.native
+    real = module.forward
+
+    def forward(x):
+        if x.shape[-1] > side:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory (simulated)")
+        return real(x)
+
+    module.forward = forward
+
+
+def test_model_marked_internal_runs_whole_or_is_refused(monkeypatch, crop):
+    from spandrel import ModelTiling
+
+    from pipeline_lib.errors import WholeImageOutOfMemoryError
+    from pipeline_lib.upscale.tiling import (run_with_backoff,
+                                             tile_for_model)
+
+    up = _load_marked(monkeypatch, ModelTiling.INTERNAL)
+    assert up.tiling == "internal" and up.default_tile == 0
+    chw = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)[:, :40, :48] / 255
+    tile = tile_for_model(up.tiling, 24, up.default_tile)  # a tile asked for: ignored
+    assert tile == 0
+    out, used = run_with_backoff(up.run, chw, up.scale, tile, 8)
+    assert used == 0
+    np.testing.assert_array_equal(out, up.run(chw[None])[0])
+    _fail_over(up, 32)
+    with pytest.raises(WholeImageOutOfMemoryError, match="must see the whole image.*40×48"):
+        run_with_backoff(up.run, chw, up.scale, tile, 8)
+
+
+def test_model_marked_discouraged_runs_whole_unless_a_tile_is_asked(monkeypatch, crop):
+    from spandrel import ModelTiling
+
+    from pipeline_lib.upscale.tiling import run_with_backoff, tile_for_model
+
+    up = _load_marked(monkeypatch, ModelTiling.DISCOURAGED)
+    assert up.tiling == "discouraged" and up.default_tile == 0
+    assert tile_for_model(up.tiling, None, up.default_tile) == 0
+    assert tile_for_model(up.tiling, 24, up.default_tile) == 24
+    chw = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)[:, :40, :48] / 255
+    _fail_over(up, 32)  # out of memory whole: it may still be tiled, so the tiler backs off
+    out, used = run_with_backoff(up.run, chw, up.scale, 0, 8)
+    assert used == 24 and out.shape == (3, 160, 192)
+
+
+# --- the seam bound: tiles of 128 px reach ≥ 50 dB against untiled on a hard texture
+
+TEXTURE = Path(__file__).resolve().parent / "data" / "texture-mix-192.png"
+
+
+@pytest.mark.parametrize("model, arch", [("realesrgan-x4plus", "ESRGAN"),
+                                         ("realesr-animevideov3", "Compact")])
+def test_default_overlap_keeps_128px_tiles_seam_free_on_a_texture(model, arch):
+    """gravel, grass and brick (CC0, scikit-image) as the three channels: fine detail everywhere,
+    harder than a photo (bench/seams.py). The overlap is the model's default (Upscaler.overlap)."""
+    from pipeline_lib.upscale.tiling import default_overlap, effective_overlap
+
+    tex = np.asarray(Image.open(TEXTURE).convert("RGB"))
+    assert tex.shape == (192, 192, 3)
+    up = load_upscaler(model, device="cpu", backend="torch", dtype="fp32", progress=False)
+    assert up.overlap == default_overlap(arch)
+    kw = dict(backend="torch", device="cpu", dtype="fp32", progress=False)
+    ref = upscale(tex, model, tile=0, **kw)
+    overlap = effective_overlap(128, up.overlap)  # as the tiler caps the default
+    out = upscale(tex, model, tile=128, overlap=overlap, **kw)
+    value = psnr(ref, out)
+    print(f"{model} tile=128 overlap={overlap}: {value:.1f} dB")
+    assert value >= 50.0

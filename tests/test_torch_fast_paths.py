@@ -127,24 +127,59 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upsc
     assert np.array_equal(np.asarray(res.image), ref)
 
 
-def test_native_bf16_cpu_hints_at_bf16_only_for_the_default(monkeypatch, caplog,
-                                                            fresh_upscaler_cache):
+def test_native_bf16_cpu_defaults_to_bf16_and_says_how_to_get_fp32(monkeypatch, caplog,
+                                                                  fresh_upscaler_cache):
+    """As GPUs default to fp16, a CPU with native bf16 defaults to bf16 for the ESRGAN/SRVGG
+    family (fp32 residual sums), with one log line naming the way back to exact output."""
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
-    hint = "this CPU computes bf16 natively"
-    with caplog.at_level("INFO", logger="pipeline_lib"):
-        up = load_upscaler(MODEL, device="cpu", backend="torch", progress=False)
-    assert up.dtype == "float32" and hint in caplog.text
+    hint = "dtype='fp32' (CLI --dtype fp32) gives the exact fp32 output"
+    for model in (MODEL, "realesrgan-x4plus"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline_lib"):
+            up = load_upscaler(model, device="cpu", backend="torch", progress=False)
+        assert up.dtype == "bfloat16" and "fp32_trunk" in up.speedups, model
+        assert caplog.text.count(hint) == 1, model
     caplog.clear()
     fresh_upscaler_cache()
     with caplog.at_level("INFO", logger="pipeline_lib"):
-        load_upscaler(MODEL, device="cpu", backend="torch", dtype="fp32", progress=False)
+        up = load_upscaler(MODEL, device="cpu", backend="torch", dtype="fp32", progress=False)
     assert "loaded upscaler" in caplog.text  # a real load, not a cache hit
-    assert hint not in caplog.text  # fp32 asked for: no advice
+    assert up.dtype == "float32" and hint not in caplog.text  # fp32 asked for: no advice
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: False)
     fresh_upscaler_cache()
+    caplog.clear()
     with caplog.at_level("INFO", logger="pipeline_lib"):
-        load_upscaler(MODEL, device="cpu", backend="torch", progress=False)
-    assert hint not in caplog.text  # emulated bf16 would be slower: no advice
+        up = load_upscaler(MODEL, device="cpu", backend="torch", progress=False)
+    assert up.dtype == "float32" and hint not in caplog.text  # emulated bf16 would be slower
+
+
+def test_fp32_on_request_gives_the_fp32_bytes_on_a_native_bf16_cpu(monkeypatch, small_photo,
+                                                                   fresh_upscaler_cache):
+    arr = np.asarray(small_photo)[:20, :24]
+    plain = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
+    fresh_upscaler_cache()
+    default = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
+    exact = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, dtype="fp32",
+                    progress=False)
+    assert np.array_equal(exact, plain)
+    assert not np.array_equal(default, plain)  # the default really took the bf16 path
+    assert psnr(default, plain) > 45.0
+
+
+def test_bf16_default_only_for_architectures_with_an_fp32_residual_path(monkeypatch):
+    """Other architectures keep fp32 by default on a native-bf16 CPU (bf16 still on request)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
+    cpu = torch.device("cpu")
+    for arch, default in (("ESRGAN", torch.bfloat16), ("Compact", torch.bfloat16),
+                          ("SwinIR", torch.float32), ("HAT", torch.float32)):
+        desc = SimpleNamespace(architecture=SimpleNamespace(id=arch), supports_bfloat16=True,
+                               supports_half=True)
+        assert torch_backend.choose_dtype(desc, cpu, None, "m") == default, arch
+        assert torch_backend.choose_dtype(desc, cpu, "bf16", "m") == torch.bfloat16, arch
+        assert torch_backend.choose_dtype(desc, cpu, "fp32", "m") == torch.float32, arch
 
 
 @pytest.mark.parametrize("kw, swapped", [
@@ -225,6 +260,31 @@ def test_fp32_trunk_rewrite_computes_spandrels_function(kw):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kw", [dict(num_conv=2, upscale=4), dict(num_conv=3, upscale=2, num_feat=16)])
+def test_fp32_base_rewrite_computes_spandrels_srvgg_function(kw):
+    """SRVGG compact: with fp32 as the 'reduced' format the rewritten model is spandrel's."""
+    import copy
+
+    from spandrel.architectures.Compact import Compact as SRVGGNetCompact
+
+    from pipeline_lib.upscale.backends.mixed_bf16 import bf16_with_fp32_base, bf16_with_fp32_residual
+
+    torch.manual_seed(0)
+    plain = SRVGGNetCompact(**kw).eval()
+    mixed = copy.deepcopy(plain)
+    assert bf16_with_fp32_base(mixed, torch.float32)
+    x = torch.rand(1, 3, 12, 10)
+    with torch.inference_mode():
+        assert torch.equal(plain(x), mixed(x))
+    half = copy.deepcopy(plain)
+    assert bf16_with_fp32_residual(half)  # the real thing: bf16 body, fp32 sum with the input
+    assert {p.dtype for p in half.body.parameters()} == {torch.bfloat16}
+    with torch.inference_mode():
+        y = half(x)
+    assert y.dtype == torch.float32 and y.shape == plain(x).shape
+    assert not bf16_with_fp32_base(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)))
+
+
 def test_fp32_trunk_rewrite_leaves_other_layouts_alone():
     from spandrel.architectures.ESRGAN import ESRGAN
 
@@ -257,7 +317,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
     outs = {}
     for trunk in (True, False):
         if not trunk:
-            monkeypatch.setattr(torch_backend, "bf16_with_fp32_trunk", lambda m: False)
+            monkeypatch.setattr(torch_backend, "bf16_with_fp32_residual", lambda m: False)
         unload_upscalers()
         res = upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", dtype="bf16",
                       tile=0, progress=False, full_result=True)

@@ -30,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto",
                    help=f"{', '.join(backend_choices())} (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32; bf16 "
-                   "is 2-4× faster on CPUs with native bf16, at ~55 dB against fp32)")
+    p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA; bf16 on CPUs with "
+                   "native bf16 for ESRGAN/SRVGG models, ~55 dB against fp32; else fp32)")
     p.add_argument("--format", choices=OUTPUT_FORMATS,
                    help="output format (default png; 'keep' uses the input's); animations keep "
                         "theirs unless png or webp is asked, videos always keep theirs")

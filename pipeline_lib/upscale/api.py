@@ -29,13 +29,13 @@ from .progress import ReportingBar
 from .registry import MODELS
 from .sizing import SizeArg, check_canvas, pass_inputs, passes_needed, target_size
 from .targets import DEFAULT_UPSCALER, choose_backend, resolve_model
-from .tiling import check_tiling, count_tiles, one_call, run_with_backoff
+from .tiling import (DEFAULT_OVERLAP, check_tiling, count_tiles, one_call, run_with_backoff,
+                     tile_for_model)
 
-__all__ = ["UpscaleResult", "list_upscalers", "upscale", "DEFAULT_OVERLAP", "FINISH_ON_DEVICE"]
+__all__ = ["UpscaleResult", "list_upscalers", "upscale", "FINISH_ON_DEVICE"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OVERLAP = 32  # input px shared by neighbouring tiles; ≥ 50 dB vs untiled on x4plus
 # Device types where an untiled one-pass RGB job is finished on the device (Upscaler.run_whole):
 # a GPU then ships uint8 instead of float32 and the host skips the float → uint8 pass, ~70 ms at
 # 2048² on 2 cores, more than x4plus itself needs on a fast GPU. On the CPU the two paths cost
@@ -122,14 +122,15 @@ def _plan(model, w: int, h: int, scale, size, tile, overlap, backend, device, dt
     run = _bind_run(up, run_opts, fallback)
     out_size = target_size(w, h, scale=scale, size=size, default_scale=up.default_scale or up.scale)
     check_canvas(w, h, out_size, up.scale)
-    use_tile = up.default_tile if tile is None else tile
+    # spandrel's advice: a model that must see the whole image runs untiled whatever is asked
+    use_tile = tile_for_model(up.tiling, tile, up.default_tile)
     if up.max_tile and (use_tile == 0 or use_tile > up.max_tile):
         if tile is not None:
             log.info("the %s backend tiles at most %d px (asked: %s); using %d", up.backend,
                      up.max_tile, tile or "no tiling", up.max_tile)
         use_tile = up.max_tile
     return _Plan(up, run, fallback, out_size, passes_needed(w, h, out_size, up.scale), use_tile,
-                 DEFAULT_OVERLAP if overlap is None else overlap)
+                 (up.overlap or DEFAULT_OVERLAP) if overlap is None else overlap)
 
 
 def _run_passes(up: Upscaler, chw: np.ndarray, passes: int, tile: int, overlap: int, bar,

@@ -45,8 +45,8 @@ def choose_backend(target: ModelSpec | str, backend: str) -> str:
     """The backend that runs ``target``: ``backend`` itself after checking the model runs on it,
     or for ``"auto"`` the model's first installed backend (a file's format decides for files)."""
     if backend != "auto":
-        get_backend(backend)  # raises the "unknown backend" error
-        if isinstance(target, ModelSpec) and backend not in target.backends:
+        plugin = get_backend(backend)  # raises the "unknown backend" error
+        if isinstance(target, ModelSpec) and not plugin.runs(target.backends):
             raise InvalidParameterError(f"{target.name} runs on backends {', '.join(target.backends)}, "
                                         f"not {backend!r}.")
         return backend
@@ -67,7 +67,7 @@ def auto_candidates(target: ModelSpec | str) -> list[tuple[ModelSpec | str, str]
     """
     if isinstance(target, str):
         return [(target, choose_backend(target, "auto"))]
-    cands = [(target, b) for b in target.backends if b in BACKENDS]
+    cands = [(target, b) for b in target.backends if b in BACKENDS and BACKENDS[b].auto]
     if "opencv" in target.backends:  # an OpenCV model asked for by name: no substitutes
         return cands
     s = round(target.output_scale)
@@ -75,5 +75,6 @@ def auto_candidates(target: ModelSpec | str) -> list[tuple[ModelSpec | str, str]
                  f"lapsrn-x{s}", "espcn-x4"):
         spec = MODELS.get(name)
         if spec is not None:
-            cands += [(spec, b) for b in spec.backends if b in BACKENDS and (spec, b) not in cands]
+            cands += [(spec, b) for b in spec.backends
+                      if b in BACKENDS and BACKENDS[b].auto and (spec, b) not in cands]
     return cands

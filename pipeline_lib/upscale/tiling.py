@@ -15,19 +15,51 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..errors import InvalidParameterError, TileOutOfMemoryError
+from ..errors import InvalidParameterError, TileOutOfMemoryError, WholeImageOutOfMemoryError
 
-__all__ = ["MIN_TILE", "Progress", "tile_layout", "effective_overlap", "one_call", "count_tiles",
-           "check_tiling", "run_tiled", "run_with_backoff"]
+__all__ = ["MIN_TILE", "DEFAULT_OVERLAP", "Progress", "tile_layout",
+           "effective_overlap", "default_overlap", "one_call", "count_tiles", "check_tiling",
+           "tile_for_model", "run_tiled", "run_with_backoff"]
 
 log = logging.getLogger(__name__)
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 MIN_TILE = 16
+#: Overlap (input px) for architectures not measured below.
+DEFAULT_OVERLAP = 32
+# How far (input px) each architecture's output still measurably depends on its input, read off
+# bench/seams.py's tile × overlap table: the overlap that keeps tiled output ≥ 50 dB from the
+# untiled one on a hard texture (README's tiling table). x4plus's 23 residual-in-residual blocks
+# reach far (overlap 32 left 46 dB on gravel at tile 128); the 16-conv SRVGG compact models fall
+# off fast (16 px: 63 dB). Keys: spandrel architecture ids and registry architecture names.
+_OVERLAP = {"ESRGAN": 64, "RRDBNet": 64, "Compact": 16, "SRVGGNetCompact": 16}
 
 
 class Progress(Protocol):
     def update(self, n: int = 1) -> object: ...
+
+
+
+def tile_for_model(tiling: str, tile: int | None, default: int) -> int:
+    """The tile to use given spandrel's advice for the model's architecture (``tiling``:
+    'supported', 'discouraged' or 'internal') and the caller's ``tile`` (None: ``default``).
+
+    'internal' models (they tile, or need global context, inside) always run whole, a tile
+    asked for is ignored with a warning; 'discouraged' ones run whole unless a tile is asked for.
+
+    >>> tile_for_model("internal", 128, 256), tile_for_model("discouraged", None, 256)
+    (0, 0)
+    >>> tile_for_model("discouraged", 128, 256), tile_for_model("supported", None, 256)
+    (128, 256)
+    """
+    if tiling == "internal":
+        if tile:
+            log.warning("tile=%d ignored: this model's architecture needs the whole image at "
+                        "once (spandrel marks it as tiling internally)", tile)
+        return 0
+    if tile is None:
+        return 0 if tiling == "discouraged" else default
+    return tile
 
 
 def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
@@ -49,6 +81,17 @@ def effective_overlap(tile: int, overlap: int) -> int:
     """The overlap actually used: less than half the tile (tiles shrunk by OOM back-off keep
     the caller's overlap only while it fits)."""
     return min(overlap, max(tile // 2 - 1, 0))
+
+
+def default_overlap(architecture: str | None) -> int:
+    """The overlap to use when the caller gives none, for ``architecture`` (a spandrel id such
+    as 'ESRGAN' or a registry architecture such as 'SRVGGNetCompact'); tiles smaller than twice
+    it share less (:func:`effective_overlap`).
+
+    >>> default_overlap("ESRGAN"), default_overlap("SRVGGNetCompact"), default_overlap(None)
+    (64, 16, 32)
+    """
+    return _OVERLAP.get(architecture or "", DEFAULT_OVERLAP)
 
 
 def one_call(h: int, w: int, tile: int) -> bool:
@@ -142,6 +185,8 @@ def run_with_backoff(fn: TileFn, image: np.ndarray, scale: int, tile: int, overl
         try:
             return run_tiled(fn, image, scale, tile, effective_overlap(tile, overlap),
                              batch, progress), tile
+        except WholeImageOutOfMemoryError:
+            raise
         except TileOutOfMemoryError:
             current = tile if tile > 0 else max(h, w)
             if batch > 1:

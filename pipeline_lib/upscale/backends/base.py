@@ -51,6 +51,8 @@ class Upscaler:
     native: Any = None
     speedups: tuple[str, ...] = ()
     threads: int | None = None
+    tiling: str = "supported"  # spandrel's advice: supported | discouraged | internal
+    overlap: int | None = None  # tile overlap this architecture needs for seam-free output
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ class Backend:
     run_options: frozenset[str] = frozenset()
     torch_device: bool = False
     alpha_as_picture: bool = True
+    auto: bool = True  # False: used only when asked for by name (backend="openvino")
+    also_runs: tuple[str, ...] = ()  # runs every model these backends run (from their weights)
+
+    def runs(self, model_backends: tuple[str, ...]) -> bool:
+        """Whether a registry model listing ``model_backends`` can run here."""
+        return self.name in model_backends or any(b in model_backends for b in self.also_runs)
 
     def accepts(self, target: str) -> bool:
         """Whether the local file or folder ``target`` is in this backend's format."""
@@ -94,6 +102,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             torch_device=True),
     Backend("opencv", f"{_PKG}.opencv_backend", reads=(".pb",)),
     Backend("ncnn", f"{_PKG}.ncnn_backend", reads=(".param",)),
+    # exports the torch model to OpenVINO IR once; opt-in (bench/README.md: measured, not auto)
+    Backend("openvino", f"{_PKG}.openvino_backend", auto=False, also_runs=("torch",)),
     Backend("diffusion", f"{_PKG}.diffusion_backend", folder_marker="model_index.json",
             run_options=frozenset({"prompt", "negative_prompt", "steps", "guidance",
                                    "noise_level", "seed"}),

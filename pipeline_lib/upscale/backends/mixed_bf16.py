@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DenseBlockFp32Sum", "Cast", "bf16_with_fp32_trunk"]
+__all__ = ["DenseBlockFp32Sum", "Cast", "bf16_with_fp32_trunk", "bf16_with_fp32_base",
+           "bf16_with_fp32_residual"]
 
 
 def _dense_update(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -91,3 +92,30 @@ def bf16_with_fp32_trunk(model: nn.Module, dtype: torch.dtype = torch.bfloat16) 
     tail = [m.to(dtype) for m in kids[2:-1]]
     model.model = nn.Sequential(kids[0], trunk, Cast(dtype), *tail, Cast(torch.float32), kids[-1])
     return True
+
+
+def bf16_with_fp32_base(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Rewrite an fp32 spandrel SRVGG compact ``model`` (in place) so its convolutions and pixel
+    shuffle run in ``dtype`` while the residual it learns is added to the upsampled input in
+    fp32; returns False, changing nothing, when its layout is not the one this knows.
+
+    spandrel's forward loops over ``body``, shuffles, then adds the nearest-upsampled input:
+    a cast at the head of ``body`` and one after the shuffle put the sum in fp32 unchanged.
+
+    >>> from spandrel.architectures.Compact import Compact as SRVGGNetCompact
+    >>> bf16_with_fp32_base(SRVGGNetCompact(num_conv=2, upscale=4).eval())
+    True
+    """
+    body, shuffle = getattr(model, "body", None), getattr(model, "upsampler", None)
+    if (type(model).__name__ != "SRVGGNetCompact" or not isinstance(body, nn.ModuleList)
+            or not isinstance(shuffle, nn.PixelShuffle)):
+        return False
+    body.to(dtype).insert(0, Cast(dtype))
+    model.upsampler = nn.Sequential(shuffle, Cast(torch.float32))
+    return True
+
+
+def bf16_with_fp32_residual(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """:func:`bf16_with_fp32_trunk` for ESRGAN, :func:`bf16_with_fp32_base` for SRVGG compact;
+    False (``model`` unchanged) for any other layout."""
+    return bf16_with_fp32_trunk(model, dtype) or bf16_with_fp32_base(model, dtype)

@@ -34,6 +34,7 @@ from ...errors import (BackendUnavailableError, InvalidParameterError, PipelineE
 from .. import weights as W
 from ..ncnn_format import parse_param
 from ..registry import ModelSpec
+from ..tiling import default_overlap
 from . import Upscaler
 
 __all__ = ["MAX_TILE", "VulkanDevice", "vulkan_devices", "choose_device", "blob_names", "load"]
@@ -204,44 +205,34 @@ def _device_request(device, use_gpu, gpu_index) -> tuple[bool | None, int | None
                                 f"'vulkan:N'), not {device!r}.")
 
 
-def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool = True, *,
-         use_gpu: bool | None = None, gpu_index: int | None = None, threads: int | None = None,
-         winograd: bool = True, sgemm: bool = True, packing: bool = True,
-         fp16: bool | None = None, param: str | Path | None = None, bin: str | Path | None = None,
-         input_name: str | None = None, output_name: str | None = None) -> Upscaler:
-    """Load an ncnn model: a registry spec with an ncnn model, or a ``.param`` (+ ``.bin``)."""
-    ncnn = _import_ncnn()
-    param_path, bin_path, name, spec = _model_files(target, param, bin)
+def _check_files(param_path: Path, bin_path: Path) -> None:
     for f in (param_path, bin_path):
         if not f.is_file():
             raise WeightsError(f"{f}: no such file; an ncnn model needs both the .param and the "
                                ".bin (pass bin=... when the .bin is not beside the .param).")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise InvalidParameterError(f"threads must be a positive integer, got {threads!r}.")
-    if dtype is not None and str(dtype).replace("torch.", "") in ("fp16", "float16", "half"):
-        fp16 = True if fp16 is None else fp16
-    elif dtype is not None and str(dtype).replace("torch.", "") in ("fp32", "float32", "float"):
-        fp16 = False if fp16 is None else fp16
-    elif dtype is not None:
-        raise InvalidParameterError(f"the ncnn backend runs fp16 or fp32, not {dtype!r}.")
 
-    use_gpu, gpu_index = _device_request(device, use_gpu, gpu_index)
-    vk = choose_device(use_gpu, gpu_index, ncnn)
-    if vk is not None:
-        from ...gpu_guard import evict_gpu_models
 
-        evict_gpu_models(f"ncnn Vulkan upscaling on {vk.describe()}")
+def _fp16_request(dtype, fp16: bool | None) -> bool | None:
+    """Fold the generic ``dtype`` into ncnn's ``fp16`` switch (an explicit ``fp16`` wins)."""
+    if dtype is None:
+        return fp16
+    text = str(dtype).replace("torch.", "")
+    if text in ("fp16", "float16", "half"):
+        return True if fp16 is None else fp16
+    if text in ("fp32", "float32", "float"):
+        return False if fp16 is None else fp16
+    raise InvalidParameterError(f"the ncnn backend runs fp16 or fp32, not {dtype!r}.")
 
-    in_blob, out_blob = blob_names(param_path)
-    in_blob, out_blob = input_name or in_blob, output_name or out_blob
-    n_threads = threads or max(1, ncnn.get_big_cpu_count())
 
+def _open_net(ncnn, param_path: Path, bin_path: Path, vk: VulkanDevice | None, threads: int,
+              switches: dict[str, bool], fp16: bool | None):
+    """An ``ncnn.Net`` with the model loaded, set up for the CPU or the Vulkan device ``vk``."""
     net = ncnn.Net()
     opt = net.opt
-    opt.num_threads = n_threads
-    opt.use_winograd_convolution = winograd
-    opt.use_sgemm_convolution = sgemm
-    opt.use_packing_layout = packing
+    opt.num_threads = threads
+    opt.use_winograd_convolution = switches["winograd"]
+    opt.use_sgemm_convolution = switches["sgemm"]
+    opt.use_packing_layout = switches["packing"]
     if fp16 is not None or vk is not None:
         half = True if fp16 is None else bool(fp16)  # GPUs default to fp16; CPUs keep ncnn's default
         opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = half
@@ -251,6 +242,11 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
     if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
         raise WeightsError(f"ncnn could not load {param_path} / {bin_path}: the files are damaged "
                            "or do not belong together.")
+    return net
+
+
+def _run_fn(ncnn, net, in_blob: str, out_blob: str, vk: VulkanDevice | None):
+    """``run(batch)`` for :class:`Upscaler`: one extractor per image of the batch."""
 
     def run(batch: np.ndarray) -> np.ndarray:
         outs = []
@@ -273,24 +269,54 @@ def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool
             outs.append(np.clip(out, 0.0, 1.0, out=out))
         return np.stack(outs)
 
-    if spec is not None:
-        scale = spec.scale
-    else:  # an arbitrary pair does not declare its factor: measure it on a tiny probe
-        probe = run(np.zeros((1, 3, 16, 16), np.float32))
-        if probe.ndim != 4 or probe.shape[1] != 3 or probe.shape[2] % 16 or probe.shape[3] % 16 \
-                or probe.shape[2] != probe.shape[3]:
-            raise WeightsError(f"{param_path}: output of shape {probe.shape[1:]} for a 3×16×16 "
-                               "input; only RGB models with an integer scale are supported.")
-        scale = probe.shape[2] // 16
+    return run
+
+
+def _probe_scale(run, param_path: Path) -> int:
+    """An arbitrary pair does not declare its factor: measure it on a tiny probe."""
+    probe = run(np.zeros((1, 3, 16, 16), np.float32))
+    if probe.ndim != 4 or probe.shape[1] != 3 or probe.shape[2] % 16 or probe.shape[3] % 16 \
+            or probe.shape[2] != probe.shape[3]:
+        raise WeightsError(f"{param_path}: output of shape {probe.shape[1:]} for a 3×16×16 "
+                           "input; only RGB models with an integer scale are supported.")
+    return probe.shape[2] // 16
+
+
+def _vulkan_device(device, use_gpu, gpu_index, ncnn) -> VulkanDevice | None:
+    vk = choose_device(*_device_request(device, use_gpu, gpu_index), ncnn)
+    if vk is not None:
+        from ...gpu_guard import evict_gpu_models
+
+        evict_gpu_models(f"ncnn Vulkan upscaling on {vk.describe()}")
+    return vk
+
+
+def load(target: ModelSpec | str | Path, device=None, dtype=None, progress: bool = True, *,
+         use_gpu: bool | None = None, gpu_index: int | None = None, threads: int | None = None,
+         winograd: bool = True, sgemm: bool = True, packing: bool = True,
+         fp16: bool | None = None, param: str | Path | None = None, bin: str | Path | None = None,
+         input_name: str | None = None, output_name: str | None = None) -> Upscaler:
+    """Load an ncnn model: a registry spec with an ncnn model, or a ``.param`` (+ ``.bin``)."""
+    ncnn = _import_ncnn()
+    param_path, bin_path, name, spec = _model_files(target, param, bin)
+    _check_files(param_path, bin_path)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InvalidParameterError(f"threads must be a positive integer, got {threads!r}.")
+    fp16 = _fp16_request(dtype, fp16)
+    vk = _vulkan_device(device, use_gpu, gpu_index, ncnn)
+    in_blob, out_blob = blob_names(param_path)
+    in_blob, out_blob = input_name or in_blob, output_name or out_blob
+    n_threads = threads or max(1, ncnn.get_big_cpu_count())
+    net = _open_net(ncnn, param_path, bin_path, vk, n_threads,
+                    dict(winograd=winograd, sgemm=sgemm, packing=packing), fp16)
+    run = _run_fn(ncnn, net, in_blob, out_blob, vk)
+    scale = spec.scale if spec is not None else _probe_scale(run, param_path)
     compact = bin_path.stat().st_size < 8 << 20  # SRVGG-class models are small and light per pixel
-
-    def release() -> None:
-        net.clear()
-
     return Upscaler(
         name=name, backend="ncnn", scale=scale, run=run,
         device="cpu" if vk is None else f"vulkan:{vk.index}",
         dtype="fp16" if (vk is not None and fp16 is not False) or fp16 else "fp32",
         default_tile=MAX_TILE if compact else 200, max_tile=MAX_TILE,
-        default_scale=spec.default_scale if spec else None, release=release,
-        architecture="ncnn", weights=str(param_path), native=net, threads=n_threads)
+        default_scale=spec.default_scale if spec else None, release=net.clear,
+        architecture="ncnn", weights=str(param_path), native=net, threads=n_threads,
+        overlap=default_overlap(spec.arch if spec else None))
