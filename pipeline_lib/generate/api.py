@@ -175,7 +175,7 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
              progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
              fuse_qkv: bool | None = None, compile: bool | None = None, xformers: bool = False,
              on_progress: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
-    """Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
+    r"""Generate ``num_images`` pictures for ``prompt``; each carries its seed and parameters.
 
     ``model`` is a preset (:func:`list_presets`), a Hub repo id, a diffusers folder or a
     ``.safetensors`` file; unset ``steps``/``guidance``/size/``scheduler``/``negative_prompt``
