@@ -28,9 +28,10 @@ PARAMETERS = {
     "sdxl": {"unet": 2567.5e6, "text": 817.8e6, "vae": 83.7e6, "controlnet": 1251.4e6, "native": 1024},
 }
 # Activation peak of one UNet forward with CFG (batch 2), fp16, SDPA attention, per megapixel of
-# tile (measured orders on a T4: ~1.1 GB at 512² for SD-1.5, ~3.5 GB at 1024² for SDXL).
+# tile. ESTIMATES (not yet measured here; no GPU was available): ~1.1 GiB at 512² for SD-1.5,
+# ~3.6 GiB at 1024² for SDXL. Replace with torch.cuda.max_memory_allocated figures when measured.
 _ACT_PER_MP = {"sd15": 4.2 * GIB, "sdxl": 3.4 * GIB}
-_VAE_TILE_BYTES = 1.6 * GIB  # diffusers' tiled VAE (512² pixel tiles) decode/encode peak, fp16
+_VAE_TILE_BYTES = 1.6 * GIB  # estimate: diffusers' tiled VAE (512² pixel tiles) peak, fp16
 _CUDA_CONTEXT = 0.5 * GIB
 
 
