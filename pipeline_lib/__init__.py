@@ -22,8 +22,12 @@ from .version import __version__  # noqa: E402
 # The generate package is imported eagerly on purpose: it is light (diffusers, transformers and
 # torch load inside the functions, on first use), and binding the function here once means a
 # later `import pipeline_lib.generate.x` cannot leave the *module* in place of `generate()`.
-from .generate import (GeneratedImage, Preset, generate, list_presets, load_pipeline,  # noqa: E402
-                       register_preset, size_for_aspect, unload_pipeline)
+from .generate import (GeneratedImage, Preset, generate, img2img, list_presets,  # noqa: E402
+                       load_pipeline, register_preset, size_for_aspect, unload_pipeline)
+# compose eagerly too: importing it registers the hires fix's pixel upscaler with generate/
+# (which may not import upscale/ itself); it loads no torch at import either.
+from .compose import refine, text_to_image  # noqa: E402
+from .refine_plan import refine_memory_plan  # noqa: E402
 from .metadata import format_parameters, parse_parameters, read_metadata  # noqa: E402
 
 # The HTTP service (FastAPI/uvicorn), batch jobs (Accelerate) and the notebook helpers
@@ -31,7 +35,6 @@ from .metadata import format_parameters, parse_parameters, read_metadata  # noqa
 # `import pipeline_lib` stays fast for upscaling-only users and the CLI.
 _LAZY = {
     "create_app": ".server", "serve": ".server", "ServerLimits": ".server",
-    "text_to_image": ".compose",
     "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
     # figures and the notebook app pull in matplotlib / ipywidgets
     "side_by_side": ".compare", "zoom_crops": ".compare", "compare_upscalers": ".compare",
@@ -51,7 +54,7 @@ def __getattr__(name: str):
 __all__ = [
     "upscale", "upscale_file", "upscale_files", "load_upscaler", "list_upscalers", "unload_upscalers", "UpscaleResult",
     "save_image", "read_image",
-    "generate", "text_to_image", "load_pipeline", "unload_pipeline", "GeneratedImage",
+    "generate", "img2img", "text_to_image", "refine", "refine_memory_plan", "load_pipeline", "unload_pipeline", "GeneratedImage",
     "list_presets", "register_preset", "size_for_aspect", "Preset",
     "read_metadata", "format_parameters", "parse_parameters",
     "PipelineError", "InvalidParameterError", "ImageReadError", "ImageTooLargeError",

@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from . import __version__, config
 from .errors import PipelineError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    config.check_environment()  # a mistyped PIPELINE_LIB_* variable is said, not ignored
     try:
         return int(args._run(args) or 0)
     except PipelineError as exc:

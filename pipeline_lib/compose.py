@@ -20,15 +20,19 @@ import numpy as np
 
 from . import devices
 from .errors import BackendUnavailableError, InvalidParameterError, WeightsError
-from .generate import DEFAULT_PRESET, GeneratedImage, current_pipeline, generate, move_off_gpu
+from .generate import (DEFAULT_PRESET, GeneratedImage, as_rgb, current_pipeline, generate,
+                       img2img_session, move_off_gpu, register_pixel_upscaler)
 from .generate.pipeline import get_loaded
+from .refine_plan import refine_memory_plan
 from .upscale import (DEFAULT_UPSCALER, ModelSpec, UpscaleResult, load_upscaler, resolve_model,
                       upscale)
 from .upscale.pixels import from_float, resize
 from .upscale.sizing import parse_size, target_size
+from .upscale.tiling import check_tiling, run_tiled, tile_layout
+from .validation import MAX_SEED, check_seed, check_strength
 
-__all__ = ["text_to_image", "upscaler_options", "latent_handoff", "make_room",
-           "UPSCALE_HEADROOM", "SD_LATENT_SPACE"]
+__all__ = ["text_to_image", "refine", "upscaler_options", "latent_handoff", "make_room",
+           "hires_pixel_upscale", "tile_seed", "UPSCALE_HEADROOM", "SD_LATENT_SPACE"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,18 @@ def _upscale_latents(up, upscaler, gen: GeneratedImage, size, progress: bool) ->
     return result
 
 
+@register_pixel_upscaler
+def hires_pixel_upscale(images: list, name: str, scale: float, device, progress: bool) -> list:
+    """The hires fix's pixel upscaler (registered with generate/ at import): ``name`` is any
+    upscaler; the result is resized to exactly ``scale`` × the input."""
+    make_room()
+    out = []
+    for img in images:
+        size = (round(img.width * scale), round(img.height * scale))
+        out.append(upscale(img, name, size=size, device=device, progress=progress))
+    return out
+
+
 def make_room() -> None:
     """Park the diffusion pipeline in RAM when the GPU lacks room for the upscaler beside it."""
     cur = current_pipeline()
@@ -122,13 +138,16 @@ def make_room() -> None:
 
 
 def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = DEFAULT_UPSCALER,
-                  size: int | tuple[int, int] | str = 2048, **generate_kwargs) -> list[GeneratedImage]:
+                  size: int | tuple[int, int] | str = 2048, refine_strength: float | None = None,
+                  **generate_kwargs) -> list[GeneratedImage]:
     """Generate, then upscale each picture to ``size``: an int is the long side (aspect kept:
     512×768 → 1365×2048), ``(w, h)`` is exact. A diffusion upscaler (sd-x4, sd-x2-latent) gets
     the image's prompt and seed; ``upscaler="sd-x2-latent"`` after an SD-1.x/2.x model takes the
     latents directly (no VAE decode/encode), then further passes/resizing reach ``size``. The
-    diffusion model is moved off the GPU first when the two would not fit together. Each
-    result's ``params`` adds upscaler, upscale_by and upscale_size;
+    diffusion model is moved off the GPU first when the two would not fit together.
+    ``refine_strength=0.3`` then runs :func:`refine` over each upscaled picture (same prompt,
+    model, LoRAs and seed): GAN sharpness plus diffusion texture. Each
+    result's ``params`` adds upscaler, upscale_by and upscale_size (and the refine settings);
     ``generate(**result.generate_kwargs())`` re-makes the un-upscaled picture.
 
     >>> out = text_to_image("a red fox in snow", model="sdxl-turbo", size=2048)[0]  # doctest: +SKIP
@@ -139,6 +158,8 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = D
     if target is None:
         raise InvalidParameterError("size must be a long side (e.g. 2048) or (width, height).")
     resolve_model(upscaler)  # an unknown upscaler fails now, not after minutes of generation
+    if refine_strength is not None:
+        check_strength(refine_strength, "refine_strength")
     progress = generate_kwargs.get("progress", True)
     device = generate_kwargs.get("device")
     handoff = latent_handoff(model, upscaler, generate_kwargs)
@@ -155,4 +176,192 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = D
         params = dict(gen.params, upscaler=res.model, upscale_by=float(res.scale),
                       upscale_size=f"{res.size[0]}x{res.size[1]}")
         out.append(GeneratedImage(res.image, gen.seed, params))
+    if refine_strength is None:
+        return out
+    return [_refined(g, model, refine_strength, generate_kwargs) for g in out]
+
+
+def _refined(gen: GeneratedImage, model, strength: float, generate_kwargs: dict) -> GeneratedImage:
+    keys = ("negative_prompt", "guidance", "scheduler", "loras", "embeddings", "clip_skip",
+            "device", "memory", "dtype", "progress")
+    opts = {k: generate_kwargs[k] for k in keys if k in generate_kwargs}
+    ref = refine(gen.image, gen.params.get("prompt", ""), model=model, strength=strength,
+                 seed=gen.seed, **opts)
+    params = dict(gen.params, **{k: v for k, v in ref.params.items() if k.startswith("refine_")})
+    return GeneratedImage(ref.image, gen.seed, params)
+
+
+# ------------------------------------------------------------------ tiled detail refine
+SEAM_STRENGTH = 0.5  # the seam-fix pass repaints tile borders at this fraction of the strength
+_SEAM_SEEDS = 1 << 20  # seam bands draw seeds from a range far from the tiles'
+
+
+def tile_seed(seed: int, index: int) -> int:
+    """The seed of tile ``index``: consecutive from ``seed`` (like a batch), wrapping at 2**32."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
+def _to_float(img) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def _tile_fn(session, strength: float, seed: int, first: int, counter: dict, control: bool):
+    """``fn(batch)`` for the upscale tiler (scale 1): each tile repainted with its own seed.
+    Tiles the tiler shrank to share the length are padded (edge-replicated) to a multiple of 8
+    for the VAE and cropped back."""
+    from PIL import Image
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for chw in batch:
+            h, w = chw.shape[1:]
+            ph, pw = -h % 8, -w % 8
+            padded = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="edge")
+            img = Image.fromarray(from_float(padded, np.dtype(np.uint8)))
+            index = first + counter["n"]
+            counter["n"] += 1
+            res = session.run(img, strength=strength, seed=tile_seed(seed, index),
+                              control_image=img if control else None)[0]
+            out.append(_to_float(res)[:, :h, :w])
+        return np.stack(out)
+
+    return fn
+
+
+class _Count:
+    """Progress for the tiler: a tqdm bar and/or ``on_progress(done, total)``."""
+
+    def __init__(self, total: int, progress: bool, on_progress):
+        from tqdm.auto import tqdm
+
+        self.total, self.done, self.on_progress = total, 0, on_progress
+        self.bar = tqdm(total=total, desc="refine tiles", leave=False, disable=not progress)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.on_progress is not None:
+            self.on_progress(min(self.done, self.total), self.total)
+
+
+def _seam_bands(length: int, tile: int, overlap: int, band: int) -> list[tuple[int, int]]:
+    """(start, end) of a band centred on every border between neighbouring tiles."""
+    size, starts = tile_layout(length, tile, overlap)
+    out = []
+    for a, b in zip(starts, starts[1:]):
+        centre = (b + a + size) // 2
+        lo = max(0, min(centre - band // 2, length - band))
+        out.append((lo, lo + band))
     return out
+
+
+def _ramp(band: int) -> np.ndarray:
+    """Blend weight across a seam band: 0 at its edges, 1 over its middle half."""
+    pos = (np.arange(band, dtype=np.float32) + 0.5) / band
+    return np.clip(np.minimum(pos, 1 - pos) * 4, 0.0, 1.0)
+
+
+def _seam_fix(canvas: np.ndarray, run_strip, tile: int, overlap: int, band: int) -> int:
+    """Repaint a band over every tile border (both directions) and feather it in; returns the
+    number of bands. ``run_strip(chw) -> chw`` repaints one strip (tiled along its length)."""
+    _, h, w = canvas.shape
+    count = 0
+    for lo, hi in _seam_bands(w, tile, overlap, band):
+        strip = run_strip(canvas[:, :, lo:hi])
+        wgt = _ramp(hi - lo)[None, None, :]
+        canvas[:, :, lo:hi] = canvas[:, :, lo:hi] * (1 - wgt) + strip * wgt
+        count += 1
+    for lo, hi in _seam_bands(h, tile, overlap, band):
+        strip = run_strip(canvas[:, lo:hi, :])
+        wgt = _ramp(hi - lo)[None, :, None]
+        canvas[:, lo:hi, :] = canvas[:, lo:hi, :] * (1 - wgt) + strip * wgt
+        count += 1
+    return count
+
+
+def _native_tile(session) -> int:
+    return max(64, (min(session.job.width, session.job.height) // 8) * 8)
+
+
+def _check_refine(strength, tile, overlap, steps, seed) -> tuple[float, int]:
+    strength = check_strength(strength)
+    check_tiling(tile, overlap)
+    if tile is not None and tile % 8:
+        raise InvalidParameterError(f"tile must be a multiple of 8 (the VAE's factor), got {tile}.")
+    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= 1000):
+        raise InvalidParameterError(f"steps must be in 1..1000, got {steps!r}.")
+    return strength, check_seed(seed)
+
+
+def refine(image, prompt: str, *, model: str = DEFAULT_PRESET, strength: float = 0.3,
+           tile: int | None = None, overlap: int | None = None, steps: int | None = None,
+           seed: int | None = None, controlnet=None, progress: bool = True,
+           on_progress: Callable[[int, int], object] | None = None, seam_fix: bool = True,
+           negative_prompt: str | None = None, guidance: float | None = None,
+           scheduler: str | None = None, loras=None, embeddings=None, clip_skip: int | None = None,
+           device=None, memory: str = "auto", dtype=None) -> GeneratedImage:
+    """Tiled detail refine (A1111's Ultimate SD Upscale): the same size out, repainted tile by
+    tile with img2img at ``strength``, so a GAN-upscaled picture gets real texture back.
+
+    ``tile`` (default: the model's native size, 512 for SD-1.5, 1024 for SDXL; a multiple of 8)
+    and ``overlap`` (default tile/8) lay the tiles out with the upscale tiler, which feathers
+    every overlap; then (``seam_fix``) a band over each tile border is repainted at half the
+    strength and feathered in. Tile *i* uses seed ``seed + i``. ``controlnet="tile"`` (SD-1.5
+    ``lllyasviel/control_v11f1e_sd15_tile``, SDXL ``xinsir/controlnet-tile-sdxl-1.0``), a repo
+    or a folder guides each tile with itself, so higher strengths keep the composition.
+    Tiles run one at a time (the GPU peak is one tile's; see :func:`refine_memory_plan`).
+    Returns a :class:`GeneratedImage` whose ``params`` record the refine settings."""
+    strength, seed = _check_refine(strength, tile, overlap, steps, seed)
+    src = as_rgb(image)
+    canvas = _to_float(src)
+    with img2img_session(prompt, model=model, negative_prompt=negative_prompt, steps=steps,
+                         guidance=guidance, scheduler=scheduler, loras=loras, embeddings=embeddings,
+                         clip_skip=clip_skip, controlnet=controlnet, size=(1024, 1024),
+                         device=device, memory=memory, dtype=dtype, progress=False) as session:
+        tile = tile or _native_tile(session)
+        overlap = overlap if overlap is not None else min(max(8, tile // 8 // 8 * 8), tile // 2 - 1)
+        plan = refine_memory_plan(model, size=src.size, tile=tile, overlap=overlap,
+                                  memory=_profile(session), controlnet=controlnet is not None,
+                                  pipe=session.loaded.pipe)
+        log.info("%s", plan.describe())
+        t0 = time.perf_counter()
+        out, bands = _refine_canvas(session, canvas, strength, seed, tile, overlap, seam_fix,
+                                    controlnet is not None, progress, on_progress)
+        params = dict(session.params(), width=src.width, height=src.height, seed=seed,
+                      refine_strength=strength, refine_tile=tile, refine_overlap=overlap,
+                      refine_seam_fix=bool(seam_fix), refine_tiles=plan.tiles)
+    if controlnet is not None:
+        params["refine_controlnet"] = controlnet if isinstance(controlnet, str) else "custom"
+    seconds = time.perf_counter() - t0
+    log.info("refined %dx%d in %d tiles + %d seam bands in %.1fs (%.1f s/MP)", src.width,
+             src.height, plan.tiles, bands, seconds, seconds / (src.width * src.height / 1e6))
+    from PIL import Image
+
+    result = Image.fromarray(from_float(out, np.dtype(np.uint8)))
+    return GeneratedImage(result, seed, params)
+
+
+def _profile(session) -> str:
+    plan = session.loaded.plan
+    return plan.profile if plan.profile in ("fast", "balanced", "low") else "fast"
+
+
+def _refine_canvas(session, canvas, strength, seed, tile, overlap, seam_fix, control, progress,
+                   on_progress) -> tuple[np.ndarray, int]:
+    _, h, w = canvas.shape
+    n_tiles = len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])
+    counter = _Count(n_tiles, progress, on_progress)
+    fn = _tile_fn(session, strength, seed, 0, {"n": 0}, control)
+    out = run_tiled(fn, canvas, 1, tile, overlap, progress=counter)
+    bands = 0
+    if seam_fix and n_tiles > 1:
+        band = max(16, (overlap * 2 + 7) // 8 * 8)
+        seam = {"n": 0}
+
+        def run_strip(strip: np.ndarray) -> np.ndarray:
+            fn2 = _tile_fn(session, strength * SEAM_STRENGTH, seed + _SEAM_SEEDS, 0, seam, control)
+            return run_tiled(fn2, np.ascontiguousarray(strip), 1, tile, overlap)
+
+        bands = _seam_fix(out, run_strip, tile, overlap, band)
+    counter.bar.close()
+    return np.clip(out, 0.0, 1.0), bands

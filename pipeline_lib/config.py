@@ -51,6 +51,10 @@ _DECLARED = (
     Setting("PIPELINE_LIB_HEAP_REUSE", "bool", True,
             "keep freed memory inside the process during CPU runs (glibc)"),
     Setting("PIPELINE_LIB_COMPILE", "bool", False, "torch.compile the UNet by default"),
+    Setting("PIPELINE_LIB_LORA_DIR", "path", None,
+            "folder that <lora:name:weight> in a prompt is looked up in; default <cache>/loras"),
+    Setting("PIPELINE_LIB_EMBEDDINGS_DIR", "path", None,
+            "folder of textual-inversion embeddings named by token; default <cache>/embeddings"),
     Setting("PIPELINE_LIB_NOTEBOOK_TEST", "bool", False,
             "notebooks' test mode: tiny offline pipelines and small sizes"),
     Setting("PIPELINE_LIB_INSTALL_DIR", "path", None,
@@ -71,6 +75,10 @@ _DECLARED = (
             "HTTP: file of API keys, one a line (# comments and blank lines skipped)"),
     Setting("PIPELINE_LIB_SERVER_RATE_LIMIT", "int", None,
             "HTTP: requests per minute each API key may make (429 past it); unset: no limit"),
+    Setting("PIPELINE_LIB_CHROMIUM", "path", None,
+            "tests/browser: the Chromium binary (default: chromium-headless-shell on PATH)"),
+    Setting("PIPELINE_LIB_TEST_ARTIFACTS", "path", None,
+            "tests/browser: where screenshots go (default test-artifacts/browser)"),
 )
 SETTINGS: dict[str, Setting] = {s.name: s for s in _DECLARED}
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from .errors import ImageReadError
@@ -27,12 +28,24 @@ __all__ = ["GENERATE_KEYS", "format_parameters", "parse_parameters", "read_metad
 
 #: Keys ``generate()`` accepts; ``read_metadata`` returns only these unless ``extra=True``.
 GENERATE_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
-                 "model", "scheduler")
+                 "model", "scheduler", "loras", "embeddings", "clip_skip", "hires_scale",
+                 "hires_strength", "hires_steps", "hires_upscaler")
 
 # our key → A1111 label, in the order A1111 (≥ 1.9) writes them
 _FIELDS = [("steps", "Steps"), ("sampler", "Sampler"), ("schedule_type", "Schedule type"),
            ("guidance", "CFG scale"), ("seed", "Seed"), ("size", "Size"),
-           ("model_hash", "Model hash"), ("model", "Model"), ("upscaler", "Postprocess upscaler"),
+           ("model_hash", "Model hash"), ("model", "Model"), ("clip_skip", "Clip skip"),
+           ("denoising_strength", "Denoising strength"), ("hires_scale", "Hires upscale"),
+           ("hires_steps", "Hires steps"), ("hires_upscaler", "Hires upscaler"),
+           ("lora_hashes", "Lora hashes"), ("ti_hashes", "TI hashes"),
+           # the Ultimate SD upscale extension's labels, for refine()
+           ("refine_tile", "Ultimate SD upscale tile_width"),
+           ("refine_tile_height", "Ultimate SD upscale tile_height"),
+           ("refine_overlap", "Ultimate SD upscale padding"),
+           ("refine_strength", "Ultimate SD upscale denoise"),
+           ("refine_seam_fix", "Ultimate SD upscale seams_fix"),
+           ("refine_controlnet", "Ultimate SD upscale controlnet"),
+           ("upscaler", "Postprocess upscaler"),
            ("upscale_by", "Postprocess upscale by"), ("upscale_size", "Postprocess upscale to"),
            ("version", "Version")]
 _LABEL_TO_KEY = {label.lower(): key for key, label in _FIELDS}
@@ -61,6 +74,42 @@ def carried_over(info) -> dict[str, str]:
     return {k: info[k] for k in CARRIED_KEYS if isinstance((info or {}).get(k), str)}
 
 
+def _hashes(mapping: dict) -> str:
+    return ", ".join(f"{name}: {digest}" for name, digest in mapping.items())
+
+
+def _unhash(text: str) -> dict[str, str]:
+    pairs = (part.rsplit(":", 1) for part in str(text).split(",") if ":" in part)
+    return {name.strip(): digest.strip() for name, digest in pairs}
+
+
+def _lora_name(source: str) -> str:
+    """The name ``<lora:name:w>`` uses: a file's stem, a repo's last part (no folders leak)."""
+    return Path(str(source).split("?")[0].rstrip("/")).stem
+
+
+def _with_lora_tags(prompt: str, loras) -> str:
+    """A1111 writes LoRAs into the prompt; ``generate(loras=...)`` ones are added as tags."""
+    tags = [f"<lora:{_lora_name(src)}:{float(w):g}>" for src, w in (loras or [])]
+    return " ".join([prompt, *tags]) if tags else prompt
+
+
+def _extra_values(params: dict[str, Any]) -> dict[str, Any]:
+    """The fields beyond txt2img's basics, in A1111's spelling."""
+    out: dict[str, Any] = {}
+    if params.get("hires_scale") is not None:
+        out["hires_scale"] = _num(params["hires_scale"])
+        out["denoising_strength"] = _num(params.get("hires_strength", 0.35))
+        out["hires_steps"] = params.get("hires_steps") or None
+    for key in ("lora_hashes", "ti_hashes"):
+        if params.get(key):
+            out[key] = _hashes(params[key])
+    if params.get("refine_strength") is not None:
+        out["refine_strength"] = _num(params["refine_strength"])
+        out["refine_tile_height"] = params.get("refine_tile")
+    return out
+
+
 def _strip_line_ends(text: str) -> str:
     return "\n".join(line.rstrip(" \t") for line in text.split("\n"))
 
@@ -71,10 +120,11 @@ def format_parameters(params: dict[str, Any]) -> str:
 
     Unicode, commas and newlines in the prompts survive a round trip; a prompt *line* that
     itself starts with ``Negative prompt:`` cannot (the A1111 format has no escape for it)."""
-    lines = [_strip_line_ends(str(params.get("prompt", "")))]
+    prompt = _with_lora_tags(str(params.get("prompt", "")), params.get("loras"))
+    lines = [_strip_line_ends(prompt)]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {_strip_line_ends(str(params['negative_prompt']))}")
-    values = dict(params)
+    values = dict(params, **_extra_values(params))
     sched = params.get("scheduler") or "default"
     if sched in SCHEDULERS and sched != "default":  # "default" is no A1111 name: left out
         values["sampler"], values["schedule_type"] = a1111_sampler(sched)
@@ -119,6 +169,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 pass
         key = _LABEL_TO_KEY.get(label.strip().lower(), label.strip())
         out[key] = raw
+    _typed_extras(out)
     for key, conv in (("steps", int), ("seed", int), ("guidance", float)):
         if key in out:
             try:
@@ -132,6 +183,32 @@ def parse_parameters(text: str) -> dict[str, Any]:
     if sampler is not None:
         out["scheduler"] = scheduler_from_label(sampler, schedule) or sampler
     return out
+
+
+def _typed_extras(out: dict[str, Any]) -> None:
+    """Numbers and lists for the extra fields; A1111's ``Denoising strength`` is the hires
+    fix's when a ``Hires upscale`` is recorded."""
+    for key, conv in (("clip_skip", int), ("hires_scale", float), ("hires_steps", int),
+                      ("denoising_strength", float), ("refine_tile", int),
+                      ("refine_tile_height", int), ("refine_overlap", int),
+                      ("refine_strength", float)):
+        if key in out:
+            try:
+                out[key] = conv(out[key])
+            except (TypeError, ValueError):
+                pass
+    if "hires_scale" in out and "denoising_strength" in out:
+        out["hires_strength"] = out.pop("denoising_strength")
+    if isinstance(out.get("hires_upscaler"), str) and out["hires_upscaler"].lower() == "latent":
+        out["hires_upscaler"] = "latent"
+    for key in ("lora_hashes", "ti_hashes"):
+        if key in out:
+            out[key] = _unhash(out[key])
+    if "ti_hashes" in out:  # the embeddings, by token: looked up in PIPELINE_LIB_EMBEDDINGS_DIR
+        out["embeddings"] = list(out["ti_hashes"])
+    if "refine_seam_fix" in out:
+        out["refine_seam_fix"] = str(out["refine_seam_fix"]).lower() == "true"
+    out.pop("refine_tile_height", None)
 
 
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286

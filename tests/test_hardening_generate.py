@@ -170,10 +170,12 @@ def test_generation_oom_is_typed_and_names_the_settings(sd_dir, oom_at_64):
 
 def test_oom_advice_on_a_gpu_names_memory_low():
     plan = MemoryPlan("balanced", "cuda:0", "float16", "model")
-    msg = pl.generate.__globals__["_oom_advice"]("CUDA out of memory", plan, 1, 1024, 1024)
+    from pipeline_lib.generate.oom import oom_advice
+
+    msg = oom_advice("CUDA out of memory", plan, 1, 1024, 1024)
     assert "memory='low' (CLI: --memory low" in msg and "device='cpu'" in msg
     low = MemoryPlan("low", "cuda:0", "float16", "sequential")
-    assert "memory='low'" not in pl.generate.__globals__["_oom_advice"]("x", low, 1, 512, 512)
+    assert "memory='low'" not in oom_advice("x", low, 1, 512, 512)
 
 
 def test_cli_generate_oom_exits_nonzero_without_traceback(sd_dir, oom_at_64, tmp_path, capsys):

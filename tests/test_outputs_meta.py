@@ -51,3 +51,20 @@ def test_free_names_never_replace_a_file(tmp_path):
     assert free_name(tmp_path, "7") == tmp_path / "7-1.png"
     made = save_to_free_name(tmp_path, "7", lambda d: atomic_write(d, b"y"))
     assert made == tmp_path / "7-1.png" and (tmp_path / "7.png").read_bytes() == b"x"
+
+
+def test_a_mistyped_setting_is_reported_with_the_real_name(monkeypatch, caplog):
+    import logging
+
+    from pipeline_lib import config
+    from pipeline_lib.errors import InvalidParameterError
+
+    caplog.set_level(logging.WARNING, "pipeline_lib")
+    assert config.check_environment({"PIPELINE_LIB_OFLINE": "1", "PIPELINE_LIB_CACHE": "/x"}) \
+        == ["PIPELINE_LIB_OFLINE"]
+    assert "did you mean PIPELINE_LIB_OFFLINE" in caplog.text
+    monkeypatch.setenv("PIPELINE_LIB_MAX_INPUT_PIXELS", "lots")
+    import pytest
+
+    with pytest.raises(InvalidParameterError, match="PIPELINE_LIB_MAX_INPUT_PIXELS='lots'"):
+        config.get("PIPELINE_LIB_MAX_INPUT_PIXELS")

@@ -5,7 +5,7 @@ import gc
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class Loaded:
     offloaded_to_cpu: bool = False
     name: str = ""  # what metadata calls the model: preset, repo id, or a local file's stem
     model_hash: str | None = None  # A1111's short hash, for single-file checkpoints
+    img2img: Any = None  # (controlnet id, img2img pipeline made with from_pipe)
+    controlnets: dict = field(default_factory=dict)  # source → ControlNetModel (one at a time)
 
 
 _CURRENT: Loaded | None = None
