@@ -144,6 +144,11 @@ def test_n_too_large_is_422_with_a_message(live):
     ({"extra_body": {"guidance": 51}}, "guidance must be a finite number", None),
     ({"extra_body": {"seed": 2**32 - 1}, "n": 2}, "seed must be in 0..4294967295", None),
     ({"extra_body": {"seed": "7"}}, "seed: Input should be a valid integer", "seed"),
+    # LoRAs by name from the server's folder only: a path never reaches the loader
+    ({"extra_body": {"loras": [{"name": "../../etc/passwd"}]}}, "String should match pattern",
+     "loras.0.name"),
+    ({"extra_body": {"loras": [{"name": "not-there", "weight": 0.8}]}}, "LoRA 'not-there' not "
+     "found in", None),
 ])
 def test_bad_generation_fields_are_422_naming_them(live, kwargs, match, param):
     kwargs = {"prompt": "x", "size": "64x64", **kwargs}

@@ -94,6 +94,9 @@ def _download(url: str, folder: Path) -> Path:
 
 
 def _by_name(name: str, folder: Path, suffixes, what: str, setting: str) -> Path:
+    if Path(name).name != name or name.startswith("."):  # `<lora:../../x:1>` stays in the folder
+        raise InvalidParameterError(f"{what} name {name!r} is not a file name in {folder} "
+                                    f"({setting}); pass a path, a Hub repo id or a URL instead.")
     for cand in [folder / name] + [folder / f"{name}{s}" for s in suffixes]:
         if cand.is_file():
             return cand

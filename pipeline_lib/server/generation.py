@@ -37,6 +37,7 @@ class GenerationJob:
     steps: int | None
     guidance: float | None
     negative_prompt: str | None
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 def _looks_like_a_preset(model: str) -> bool:
@@ -90,13 +91,15 @@ class Generation:
         steps = None if req.steps is None else check_int(
             req.steps, "steps", 1, self.limits.max_steps, hint="this server's --max-steps")
         guidance = None if req.guidance is None else check_guidance(req.guidance)
+        loras = tuple((ref.name, ref.weight) for ref in req.loras or ())
         return GenerationJob(req.prompt, n, check_seed(req.seed, n), width, height, steps,
-                             guidance, req.negative_prompt)
+                             guidance, req.negative_prompt, loras)
 
     def infer(self, job: GenerationJob) -> list:
         return generate(job.prompt, model=self.model, negative_prompt=job.negative_prompt,
                         steps=job.steps, guidance=job.guidance, width=job.width,
-                        height=job.height, seed=job.seed, num_images=job.n, **self._options)
+                        height=job.height, seed=job.seed, num_images=job.n,
+                        loras=list(job.loras) or None, **self._options)
 
     @staticmethod
     def encode(images) -> list[str]:

@@ -33,6 +33,15 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
 
 
+class LoraRef(BaseModel):
+    """A LoRA of the server's LoRA folder, by file name (no paths: requests read no other file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_. -]*$", max_length=200)
+    weight: float = Field(1.0, ge=-10, le=10)
+
+
 class GenerationRequest(BaseModel):
     """OpenAI's ``images.generate`` body plus pipeline_lib's extras; unknown fields are refused."""
 
@@ -53,6 +62,8 @@ class GenerationRequest(BaseModel):
                                                                 "preset's)")
     guidance: Optional[float] = Field(None, description="classifier-free guidance, 0..50 "
                                                         "(default: the preset's)")
+    loras: Optional[list[LoraRef]] = Field(None, description="LoRAs by file name in the "
+                                           "server's LoRA folder (PIPELINE_LIB_LORA_DIR)")
 
 
 class ModelRow(BaseModel):
