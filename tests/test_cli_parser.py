@@ -34,3 +34,17 @@ def test_negative_prompt_flag_and_its_old_name(flag):
 def test_log_flags_before_or_after_the_command(argv, quiet, verbose):
     args = build_parser().parse_args(argv)
     assert (args.quiet, args.verbose) == (quiet, verbose)
+
+
+def test_photoreal_workflow_flags_use_the_python_names():
+    args = build_parser().parse_args([
+        "generate", "x", "-o", "o", "--lora", "film.safetensors:0.6", "--lora", "detail",
+        "--lora", "https://h.example/l.safetensors:0.5", "--embedding", "badhands",
+        "--clip-skip", "2", "--hires-scale", "2", "--hires-strength", "0.3",
+        "--hires-upscaler", "realesrgan-x4plus", "--upscale", "realesrgan-x4plus",
+        "--refine-strength", "0.3"])
+    assert args.loras == [("film.safetensors", 0.6), ("detail", 1.0),
+                          ("https://h.example/l.safetensors", 0.5)]
+    assert (args.embeddings, args.clip_skip, args.hires_scale, args.hires_strength,
+            args.hires_upscaler, args.refine_strength) == (["badhands"], 2, 2.0, 0.3,
+                                                           "realesrgan-x4plus", 0.3)

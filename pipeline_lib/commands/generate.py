@@ -35,6 +35,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "bf16 only where native)")
     p.add_argument("--xformers", action="store_true",
                    help="xformers attention when installed (default: PyTorch SDPA)")
+    w = p.add_argument_group("photoreal workflow (same names as generate()'s arguments)")
+    w.add_argument("--lora", dest="loras", action="append", type=_lora, metavar="SOURCE[:WEIGHT]",
+                   help="LoRA file, name in PIPELINE_LIB_LORA_DIR, Hub repo or URL, weight "
+                        "default 1 (repeatable); <lora:name:0.8> in the prompt works too")
+    w.add_argument("--embedding", dest="embeddings", action="append", metavar="SOURCE",
+                   help="textual-inversion embedding, active when its token is in a prompt "
+                        "(repeatable)")
+    w.add_argument("--clip-skip", type=int, help="A1111's clip skip (1 = none, 2 = common)")
+    w.add_argument("--hires-scale", type=float, help="hires fix: generate, enlarge this much, "
+                                                     "img2img at the larger size")
+    w.add_argument("--hires-strength", type=float, help="hires fix denoising strength "
+                                                        "(default: generate()'s, 0.35)")
+    w.add_argument("--hires-steps", type=int, help="hires fix steps (default: as --steps)")
+    w.add_argument("--hires-upscaler", help="'latent' (default) or any upscaler name for the "
+                                            "hires fix")
+    w.add_argument("--refine-strength", type=float,
+                   help="with --upscale: tiled img2img detail refine after the upscale (e.g. 0.3)")
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """``SOURCE[:WEIGHT]``; a URL's or Windows path's own colons are kept."""
+    source, sep, weight = text.rpartition(":")
+    try:
+        return (source, float(weight)) if sep and source else (text, 1.0)
+    except ValueError:
+        return text, 1.0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,8 +81,16 @@ def run(args: argparse.Namespace) -> int:
                   num_images=args.num_images, scheduler=args.scheduler, device=args.device,
                   memory=args.memory, dtype=args.dtype, xformers=args.xformers,
                   progress=not getattr(args, "quiet", False))
+    # the workflow options given on the command line; the rest keep generate()'s defaults
+    kwargs.update({k: v for k in ("loras", "embeddings", "clip_skip", "hires_scale",
+                                  "hires_strength", "hires_steps", "hires_upscaler")
+                   if (v := getattr(args, k)) is not None})
+    if args.refine_strength is not None and not args.upscale:
+        raise InvalidParameterError("--refine-strength refines an upscaled picture: add --upscale "
+                                    "NAME (e.g. --upscale realesrgan-x4plus).")
     if args.upscale:
-        results = text_to_image(args.prompt, upscaler=args.upscale, size=parse_size(args.target), **kwargs)
+        results = text_to_image(args.prompt, upscaler=args.upscale, size=parse_size(args.target),
+                                refine_strength=args.refine_strength, **kwargs)
     else:
         results = generate(args.prompt, **kwargs)
     for res in results:
