@@ -12,9 +12,10 @@ The tiny pipelines are built once by :mod:`pipeline_lib.testing` (a few seconds)
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from .. import config
-from .presets import Preset
+from .presets import BUILT_IN, Preset
 
 __all__ = ["TINY_MODELS", "stand_in"]
 
@@ -37,12 +38,14 @@ def _tiny(name: str, xl: bool) -> Preset:
 def stand_in(text: str, preset: Preset | None) -> Preset | None:
     """The tiny preset to load instead of ``text``/``preset``, or None to load the real one."""
     key = text.strip().lower()
-    if key in TINY_MODELS:
+    if key in TINY_MODELS and (preset is None or preset.repo == BUILT_IN):
         log.warning("%s has random weights: its pictures are noise (an offline smoke test of "
                     "the whole path, not a model)", key)
         return _tiny(key, TINY_MODELS[key])
     if preset is None or not config.get("PIPELINE_LIB_NOTEBOOK_TEST"):
         return None
+    if preset.repo != BUILT_IN and Path(preset.repo).expanduser().exists():
+        return None  # weights on this machine already: nothing to download, nothing to stand in
     xl = preset.multiple == 64
     name = "tiny-sdxl" if xl else "tiny-sd"
     log.warning("test mode (PIPELINE_LIB_NOTEBOOK_TEST=1): %s runs as the tiny random pipeline "

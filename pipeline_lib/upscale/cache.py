@@ -51,8 +51,11 @@ def load_with_fallback(target: ModelSpec | str, device, dtype, progress: bool, o
         try:
             up = load_upscaler(cand, device, dtype, backend=backend, progress=progress, **options)
         except (BackendUnavailableError, WeightsError) as exc:
-            if len(cands) == 1:  # nothing to fall back to: the original error says most
+            if len(cands) == 1 and substitutes:  # nothing to fall back to: the error says most
                 raise
+            if len(cands) == 1:
+                raise type(exc)(f"{exc} Pass fallback=True (CLI: --fallback) to let another "
+                                "model of the same scale run instead.") from exc
             first_error = first_error or exc
             failed.append(f"{name} on {backend}: {str(exc).split('. ')[0]}")
             continue
