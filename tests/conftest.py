@@ -34,6 +34,26 @@ def small_photo(photo) -> Image.Image:
     return photo.crop((180, 90, 228, 130))
 
 
+# The tiny random diffusers pipelines, built once per session and shared by every test file.
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-pipelines")
+
+
+@pytest.fixture(scope="session")
+def sd_dir(tiny_root):
+    from pipeline_lib.testing import tiny_sd_pipeline_dir
+
+    return str(tiny_sd_pipeline_dir(tiny_root))
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tiny_root):
+    from pipeline_lib.testing import tiny_sdxl_pipeline_dir
+
+    return str(tiny_sdxl_pipeline_dir(tiny_root))
+
+
 def psnr(a, b, peak: float = 255.0) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

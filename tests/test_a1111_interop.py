@@ -14,17 +14,6 @@ from pipeline_lib.samplers import scheduler_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-a1111")
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tiny_root):
-    from pipeline_lib.testing import tiny_sd_pipeline_dir
-
-    return str(tiny_sd_pipeline_dir(tiny_root))
 A1111_19 = ("a woman in the rain  \nNegative prompt: blurry \nSteps: 20, Sampler: DPM++ 2M, "
             "Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x768, Model hash: 0123456789, "
             "Model: epicrealism")

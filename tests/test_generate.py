@@ -17,25 +17,6 @@ from pipeline_lib.generate import pipeline as pipeline_mod
 FAST = dict(steps=2, width=64, height=64, progress=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-pipelines")
-
-
-@pytest.fixture(scope="session")
-def sd_dir(tiny_root):
-    from pipeline_lib.testing import tiny_sd_pipeline_dir
-
-    return str(tiny_sd_pipeline_dir(tiny_root))
-
-
-@pytest.fixture(scope="session")
-def sdxl_dir(tiny_root):
-    from pipeline_lib.testing import tiny_sdxl_pipeline_dir
-
-    return str(tiny_sdxl_pipeline_dir(tiny_root))
-
-
 def arr(img):
     return np.asarray(img, dtype=np.int16)
 

@@ -16,25 +16,6 @@ from pipeline_lib.errors import InvalidParameterError, UnknownModelError
 FAST = dict(steps=1, width=64, height=64, progress=False)  # one step: this CPU is shared
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("photoreal-tiny")
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tiny_root):
-    from pipeline_lib.testing import tiny_sd_pipeline_dir
-
-    return str(tiny_sd_pipeline_dir(tiny_root))
-
-
-@pytest.fixture(scope="module")
-def sdxl_dir(tiny_root):
-    from pipeline_lib.testing import tiny_sdxl_pipeline_dir
-
-    return str(tiny_sdxl_pipeline_dir(tiny_root))
-
-
 def arr(img):
     return np.asarray(img, dtype=np.int16)
 
