@@ -27,6 +27,7 @@ from .upscale import BACKENDS
 from .upscale.backends import get_backend
 from .upscale.sizing import check_scale, parse_size
 from .upscale.tiling import check_tiling
+from .validation import check_callback
 
 __all__ = ["FileOutcome", "OUTPUT_FORMATS", "backend_choices", "collect_inputs", "output_path",
            "upscale_files"]
@@ -107,9 +108,7 @@ def upscale_files(inputs: str | os.PathLike | Iterable[str | os.PathLike],
     fails is reported in its outcome and the others still run.
     """
     size = _check_arguments(scale, size, tile, overlap, backend, device, dtype, format)
-    if on_progress is not None and not callable(on_progress):
-        raise InvalidParameterError(f"on_progress must be a function (done, total), got "
-                                    f"{on_progress!r}.")
+    check_callback(on_progress)
     names = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     files = collect_inputs(names)
     if not files:
