@@ -139,9 +139,12 @@ SLOW_TESTS: set[str] = {
     "test_broken_cv2.py::test_upscale_with_a_half_deleted_cv2",
     "test_outputs_meta.py::test_converted_weights_in_the_cache_are_world_readable",
     "test_offline_hub.py::test_unreachable_hub_is_one_clear_error",
+    "test_tiling.py::test_default_overlap_keeps_128px_tiles_seam_free_on_a_texture",
+    "test_openvino_backend.py::test_damaged_ir_is_exported_again",
+    "test_a1111_interop.py::test_the_models_own_scheduler_is_named",
 }
 #: whole files: subprocesses, live servers, a browser
-SLOW_FILES: set[str] = {"test_readme.py", "test_install_cell.py"}
+SLOW_FILES: set[str] = {"test_readme.py", "test_install_cell.py", "test_app_in_browser.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,6 +18,7 @@ import logging
 import re
 import struct
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -175,7 +176,11 @@ def _load_loras(pipe, loras: list[tuple[str, float]], used: Applied) -> None:
         target, kwargs, name = resolve_lora(source)
         adapter = f"pl{index}_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
         try:
-            pipe.load_lora_weights(target, adapter_name=adapter, **kwargs)
+            with warnings.catch_warnings():
+                # Several adapters at once is what the caller asked for; peft's warning about it
+                # would only alarm the user.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(target, adapter_name=adapter, **kwargs)
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             raise WeightsError(f"could not load LoRA {source!r}: {exc}. It must be a LoRA/LyCORIS "
                                "file for this model family (SD-1.x vs SDXL).") from exc
