@@ -133,18 +133,46 @@ def test_missing_contrib_module_says_what_to_install(monkeypatch):
     monkeypatch.delattr(cv2, "dnn_superres")
     unload_upscalers()
     with pytest.raises(BackendUnavailableError,
-                       match=r"pip uninstall -y opencv-python opencv-python-headless && "
-                             r"pip install --force-reinstall 'opencv-contrib-python-headless<5'"):
+                       match=r"without the contrib modules.*Fix: pip install --force-reinstall "
+                             r"--no-deps 'opencv-contrib-python-headless<5' — then restart"):
+        upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
+
+
+@pytest.mark.parametrize("shell", ["no_version", "no_dnn"])
+def test_half_deleted_cv2_is_named_with_the_repair_command(monkeypatch, shell):
+    """`pip uninstall opencv-python` on Colab's three packages leaves a cv2 without __version__
+    (or without its compiled parts): name that state and the command that repairs it, instead of
+    an AttributeError."""
+    import types
+
+    broken = types.ModuleType("cv2")
+    if shell == "no_dnn":
+        broken.__version__ = "4.13.0"
+    monkeypatch.setitem(sys.modules, "cv2", broken)
+    unload_upscalers()
+    with pytest.raises(BackendUnavailableError,
+                       match=r"cv2 package is incomplete \(half deleted.*Fix: pip install "
+                             r"--force-reinstall --no-deps 'opencv-contrib-python-headless<5'"):
+        upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
+
+
+def test_missing_opencv_says_the_same_repair(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 → ImportError
+    unload_upscalers()
+    with pytest.raises(BackendUnavailableError,
+                       match=r"needs OpenCV with contrib modules.*Fix: pip install "
+                             r"--force-reinstall --no-deps 'opencv-contrib-python-headless<5'"):
         upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
 
 
 def test_opencv_without_tensorflow_importer_says_what_to_install(monkeypatch):
-    """OpenCV 5 has dnn_superres but no TensorFlow importer, so no .pb model loads: say so,
+    """OpenCV 5.1 has dnn_superres but no TensorFlow importer, so no .pb model loads: say so,
     instead of calling the (intact) model file damaged."""
     monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)
     unload_upscalers()
     with pytest.raises(BackendUnavailableError,
-                       match=r"OpenCV 5 dropped the TensorFlow \(\.pb\) importer.*"
+                       match=r"no TensorFlow \(\.pb\) importer \(OpenCV 5\.1 removed it\)\. "
+                             r"Fix: pip install --force-reinstall --no-deps "
                              r"'opencv-contrib-python-headless<5'"):
         upscale(np.zeros((8, 8, 3), np.uint8), "fsrcnn-x2", progress=False)
 

@@ -29,10 +29,15 @@ log = logging.getLogger(__name__)
 # it at a damaged copy.
 BUNDLED_DIR: Path = Path(str(resources.files("pipeline_lib") / "data" / "dnn_superres"))
 
-# OpenCV 4 only: 5.0 dropped the TensorFlow importer every dnn_superres .pb needs
+# OpenCV < 5.1 only: 5.1 removed the TensorFlow importer every dnn_superres .pb needs (5.0 still
+# reads them, but 5.x wheels are not published for every platform yet, so the pin stays on 4.x).
 CONTRIB_PACKAGE = "'opencv-contrib-python-headless<5'"
-CONTRIB_FIX = ("pip uninstall -y opencv-python opencv-python-headless && "
-               f"pip install --force-reinstall {CONTRIB_PACKAGE}")
+# --force-reinstall rewrites every file of the shared cv2 folder, so it repairs a cv2 that
+# `pip uninstall opencv-python` half deleted and wins over the plain packages' copies whatever
+# order they were installed in; --no-deps keeps the runtime's numpy (Colab/Kaggle pin one that is
+# already imported: upgrading it mid-session breaks every module that uses it).
+CONTRIB_FIX = f"pip install --force-reinstall --no-deps {CONTRIB_PACKAGE}"
+_RESTART = " — then restart Python (on Colab/Kaggle: Runtime → Restart session)."
 
 # Input tile (px) per algorithm. EDSR keeps ~64-256 float32 feature maps at input resolution and a
 # 3·s²-channel map before its pixel shuffle: a 512² input needs well over 1 GB at once, 256² about
@@ -41,26 +46,33 @@ _TILE = {"edsr": 256, "lapsrn": 384, "espcn": 512, "fsrcnn": 512}
 _FILE_NAME = re.compile(r"^(?P<stem>edsr|espcn|fsrcnn|fsrcnn-small|lapsrn)_x(?P<scale>\d+)\.pb$", re.I)
 
 
+
 def require_superres():
     """Import cv2 and check it has the contrib module ``dnn_superres``; raise a fix-it error if not."""
     try:
         import cv2
     except ImportError as exc:
-        raise BackendUnavailableError(f"the opencv backend needs OpenCV with contrib modules ({exc}): "
-                                      f"pip install {CONTRIB_PACKAGE}") from None
+        raise BackendUnavailableError(f"the opencv backend needs OpenCV with contrib modules ({exc}). "
+                                      f"Fix: {CONTRIB_FIX}{_RESTART}") from None
+    version = getattr(cv2, "__version__", None)
+    if version is None or getattr(cv2, "dnn", None) is None:
+        # Colab/Kaggle ship three OpenCV packages that share one cv2 folder; uninstalling one of
+        # them deletes files the others still need and leaves an empty shell of a module.
+        raise BackendUnavailableError(
+            "OpenCV's cv2 package is incomplete (half deleted, typically by `pip uninstall` of one "
+            f"of several installed OpenCV packages, which share its files). Fix: {CONTRIB_FIX}"
+            f"{_RESTART}")
     if getattr(cv2, "dnn_superres", None) is None:
         # opencv-python and opencv-contrib-python(-headless) all install the same cv2 package;
         # whichever was installed last wins, and the plain ones lack dnn_superres.
         raise BackendUnavailableError(
-            f"cv2.dnn_superres is missing: OpenCV {cv2.__version__} is installed without the contrib "
+            f"cv2.dnn_superres is missing: OpenCV {version} is installed without the contrib "
             "modules (the plain opencv-python / opencv-python-headless package, which shadows the "
-            f"contrib build because both install 'cv2'). Fix: {CONTRIB_FIX} — then restart Python "
-            "(on Colab: Runtime → Restart session).")
+            f"contrib build because both install 'cv2'). Fix: {CONTRIB_FIX}{_RESTART}")
     if not hasattr(cv2.dnn, "readNetFromTensorflow"):
         raise BackendUnavailableError(
-            f"OpenCV {cv2.__version__} cannot read dnn_superres models: OpenCV 5 dropped the "
-            f"TensorFlow (.pb) importer they need. Fix: pip install --force-reinstall "
-            f"{CONTRIB_PACKAGE} — then restart Python (on Colab: Runtime → Restart session).")
+            f"OpenCV {version} cannot read dnn_superres models: it has no TensorFlow (.pb) "
+            f"importer (OpenCV 5.1 removed it). Fix: {CONTRIB_FIX}{_RESTART}")
     return cv2
 
 
