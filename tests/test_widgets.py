@@ -208,6 +208,9 @@ def test_controls_explain_themselves(ui):
     assert tip and "PNG" in tip
     assert ui.details_box.get_title(0) == "details"
     assert all(b.layout.min_width for b in ui.buttons)  # never squeezed to "Gener…"
+    tip = getattr(ui.lora_upload, "tooltip", None) or getattr(ui.lora_upload, "description_tooltip", None)
+    assert ui.lora_upload.description == "Upload LoRA" and tip and ".safetensors" in tip
+    assert ui.lora_upload.accept == ".safetensors"
     assert all(s.layout.min_width for s in (ui.zoom_x, ui.zoom_y, ui.zoom))
 
 
@@ -228,3 +231,65 @@ def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
     ui.upscale_button.click()
     assert "WeightsError" in ui.message.value and "4x-UltraSharp.pth" in ui.message.value
     assert ui.results[0].upscaled is None and ui.progress.bar_style == "danger"
+
+
+@pytest.fixture(scope="module")
+def lora_bytes() -> bytes:
+    from pipeline_lib.testing import tiny_sd_lora_bytes
+
+    return tiny_sd_lora_bytes(seed=1)
+
+
+def test_lora_picker_upload_tick_and_generate(tmp_path, monkeypatch, lora_bytes):
+    folder = tmp_path / "loras"
+    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(folder))
+    ui = pl.app(test_mode=True, output_dir=tmp_path / "out")
+    ui.aspect.value, ui.width.value, ui.height.value, ui.seed.value = "custom", 64, 64, "3"
+    assert ui.lora_rows == {} and "none in" in ui.lora_folder.value
+    _send_upload(ui.lora_upload, lora_bytes, "detail.safetensors")
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert (folder / "detail.safetensors").read_bytes() == lora_bytes
+    assert list(ui.lora_rows) == ["detail.safetensors"] and len(ui.lora_grid.children) == 1
+    tick, weight = ui.lora_rows["detail.safetensors"]
+    tick.value, weight.value = True, 0.8
+    ui.generate_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    params = ui.results[0].generated.params
+    assert params["loras"] == [(str(folder / "detail.safetensors"), 0.8)]
+    assert set(params["lora_hashes"]) == {"detail"}
+    # another file under the same name: refused, the first one kept, the ticked row kept
+    _send_upload(ui.lora_upload, lora_bytes[:-1] + b"\x00", "detail.safetensors")
+    assert "OutputExistsError" in ui.message.value and "other content" in ui.message.value
+    assert (folder / "detail.safetensors").read_bytes() == lora_bytes
+    assert ui.lora_rows["detail.safetensors"][0].value is True
+
+
+def test_hires_and_refine_controls(ui):
+    assert ui.hires_scale.disabled and ui.hires_upscaler.options[0] == "latent"
+    ui.hires.value = True
+    assert not ui.hires_scale.disabled
+    ui.hires_strength.value = 0.0
+    ui.generate_button.click()
+    assert "hires_strength must be a finite number &gt; 0" in ui.message.value
+    ui.hires_strength.value = 0.5
+    ui.generate_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert [im.size for im in ui.shown_images()] == [(128, 128)]
+
+    ui.hires.value = False
+    ui.generate_button.click()
+    ui.refine_strength.value = 1.5
+    ui.upscale_button.click()
+    assert "refine_strength must be a finite number &gt; 0" in ui.message.value
+    ui.refine_strength.value = 0.3
+    ui.upscale_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    # original, GAN upscale, refined; then the same pixels of the last two at 1:1
+    assert [im.size for im in ui.shown_images()] == [(64, 64), (128, 128), (128, 128)]
+    (crops,) = ui.shown_crops()
+    assert [c.size for c in crops] == [(128, 128)] * 2
+    ui.crop_ratio.value = 2
+    (crops,) = ui.shown_crops()
+    assert [c.size for c in crops] == [(256, 256)] * 2
+    refined = np.asarray(ui.results[0].refined.image.resize((256, 256), Image.Resampling.NEAREST))
+    assert np.array_equal(np.asarray(crops[1].convert("RGB")), refined)
