@@ -235,21 +235,44 @@ def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
 
 @pytest.fixture(scope="module")
 def lora_bytes() -> bytes:
+    pytest.importorskip("peft")  # LoRAs load (and are made) through peft
     from pipeline_lib.testing import tiny_sd_lora_bytes
 
     return tiny_sd_lora_bytes(seed=1)
 
 
-def test_lora_picker_upload_tick_and_generate(tmp_path, monkeypatch, lora_bytes):
-    folder = tmp_path / "loras"
-    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(folder))
+@pytest.fixture()
+def lora_ui(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(tmp_path / "loras"))
     ui = pl.app(test_mode=True, output_dir=tmp_path / "out")
     ui.aspect.value, ui.width.value, ui.height.value, ui.seed.value = "custom", 64, 64, "3"
+    return ui
+
+
+def test_lora_upload_fills_the_picker_and_never_overwrites(lora_ui, tmp_path):
+    from safetensors.numpy import save
+
+    ui, folder = lora_ui, tmp_path / "loras"
+    first = save({"w": np.zeros((2, 2), np.float32)})  # any .safetensors: no model needed here
     assert ui.lora_rows == {} and "none in" in ui.lora_folder.value
-    _send_upload(ui.lora_upload, lora_bytes, "detail.safetensors")
+    _send_upload(ui.lora_upload, first, "grain.safetensors")
     assert "⚠" not in ui.message.value, ui.message.value
-    assert (folder / "detail.safetensors").read_bytes() == lora_bytes
-    assert list(ui.lora_rows) == ["detail.safetensors"] and len(ui.lora_grid.children) == 1
+    assert (folder / "grain.safetensors").read_bytes() == first
+    assert list(ui.lora_rows) == ["grain.safetensors"] and len(ui.lora_grid.children) == 1
+    ui.lora_rows["grain.safetensors"][0].value = True
+    # another file under the same name: refused, the first one kept, the ticked row kept
+    _send_upload(ui.lora_upload, save({"w": np.ones((2, 2), np.float32)}), "grain.safetensors")
+    assert "OutputExistsError" in ui.message.value and "other content" in ui.message.value
+    assert (folder / "grain.safetensors").read_bytes() == first
+    assert ui.lora_rows["grain.safetensors"][0].value is True
+    assert ui.form().loras == [("grain.safetensors", 1.0)]
+
+
+def test_lora_ticked_in_the_picker_reaches_generate(lora_ui, tmp_path, lora_bytes):
+    ui, folder = lora_ui, tmp_path / "loras"
+    folder.mkdir()
+    (folder / "detail.safetensors").write_bytes(lora_bytes)
+    ui.controller.refresh_loras()  # a file put there by hand
     tick, weight = ui.lora_rows["detail.safetensors"]
     tick.value, weight.value = True, 0.8
     ui.generate_button.click()
@@ -257,11 +280,6 @@ def test_lora_picker_upload_tick_and_generate(tmp_path, monkeypatch, lora_bytes)
     params = ui.results[0].generated.params
     assert params["loras"] == [(str(folder / "detail.safetensors"), 0.8)]
     assert set(params["lora_hashes"]) == {"detail"}
-    # another file under the same name: refused, the first one kept, the ticked row kept
-    _send_upload(ui.lora_upload, lora_bytes[:-1] + b"\x00", "detail.safetensors")
-    assert "OutputExistsError" in ui.message.value and "other content" in ui.message.value
-    assert (folder / "detail.safetensors").read_bytes() == lora_bytes
-    assert ui.lora_rows["detail.safetensors"][0].value is True
 
 
 def test_hires_and_refine_controls(ui):

@@ -201,6 +201,7 @@ def test_rows_show_pictures_and_same_size_crops_that_follow_the_zoom(ctl, small_
 # ---------------------------------------------------------------- LoRAs, hires fix, refine
 @pytest.fixture(scope="session")
 def lora_bytes() -> bytes:
+    pytest.importorskip("peft")  # LoRAs load (and are made) through peft
     from pipeline_lib.testing import tiny_sd_lora_bytes
 
     return tiny_sd_lora_bytes(seed=1)
