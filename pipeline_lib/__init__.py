@@ -38,7 +38,7 @@ _LAZY = {
     "run_batch": ".batch", "read_jobs": ".batch", "BatchReport": ".batch",
     # figures and the notebook app pull in matplotlib / ipywidgets
     "side_by_side": ".compare", "zoom_crops": ".compare", "compare_upscalers": ".compare",
-    "compare_models": ".compare", "app": ".widgets",
+    "compare_refine": ".compare", "compare_models": ".compare", "app": ".widgets",
 }
 
 
@@ -62,7 +62,7 @@ __all__ = [
     "OutputExistsError", "GenerationOutOfMemoryError", "__version__",
     "create_app", "serve", "ServerLimits",
     "run_batch", "read_jobs", "BatchReport",
-    "side_by_side", "zoom_crops", "compare_upscalers", "compare_models", "app",
+    "side_by_side", "zoom_crops", "compare_upscalers", "compare_refine", "compare_models", "app",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

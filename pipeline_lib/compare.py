@@ -25,11 +25,12 @@ from .presentation import as_8bit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["side_by_side", "zoom_crops", "crop_box", "compare_upscalers", "compare_models",
-           "available_upscalers", "shrink", "Table", "figure_to_image", "BICUBIC"]
+__all__ = ["side_by_side", "zoom_crops", "crop_box", "compare_upscalers", "compare_refine",
+           "compare_models", "available_upscalers", "shrink", "Table", "figure_to_image", "BICUBIC"]
 
 BICUBIC = "bicubic"
 Box = Sequence[float]
+_EPS = 1e-6  # pixel positions closer than this to a whole number are that number
 
 
 # ------------------------------------------------------------------ figures
@@ -81,8 +82,10 @@ def crop_box(image, box: Box) -> Image.Image:
         raise InvalidParameterError(f"box {box!r} must be fractions of the image with "
                                     "0 ≤ left < right ≤ 1 and 0 ≤ top < bottom ≤ 1.")
     w, h = pil.size
-    px = (math.floor(l * w), math.floor(t * h), max(math.floor(l * w) + 1, math.ceil(r * w)),
-          max(math.floor(t * h) + 1, math.ceil(b * h)))
+    # a box made from whole pixels (left / width, ...) must cut exactly those pixels: the
+    # product may land a hair beside the integer, which floor/ceil alone would turn into one more
+    left, top = math.floor(l * w + _EPS), math.floor(t * h + _EPS)
+    px = (left, top, max(left + 1, math.ceil(r * w - _EPS)), max(top + 1, math.ceil(b * h - _EPS)))
     return pil.crop(px)
 
 
@@ -279,6 +282,61 @@ def compare_upscalers(image, models: Iterable[str] | None = None, reference=None
             add(name, backend, None, None, None, None, error=str(exc))
             continue
         add(name, res.backend, res.device, res.image, res.seconds, load_s, note=res.fallback)
+    return images, rows
+
+
+def compare_refine(image, prompt: str, *, upscaler: str, model: str | None = None,
+                   strength: float = 0.3, reference=None, scale: float | None = None, size=None,
+                   seed: int = 0, label: str | None = None, device=None, progress: bool = True,
+                   **refine_kwargs) -> tuple[dict[str, Image.Image], Table]:
+    """A GAN upscale alone vs the same upscale followed by :func:`pipeline_lib.refine` at
+    ``strength`` (tiled img2img with ``model``, guided by ``prompt``): does the diffusion pass put
+    texture back (skin, foliage) that the GAN smeared?
+
+    The output size is ``reference``'s when given (PSNR is then measured against it), else
+    ``size`` / ``scale`` (default ×4). ``label`` names the upscaler in the titles (default: its
+    name): ``"Real-ESRGAN ×4"`` and ``"Real-ESRGAN ×4 + refine 0.3"``. Extra keyword arguments go
+    to ``refine()`` (steps, tile, loras, ...). Returns ``(images, table)`` like
+    :func:`compare_upscalers`; a refine that cannot run here (e.g. the model is not downloaded
+    and downloads are off) gets a row with its error instead of an image.
+
+    >>> images, table = compare_refine(shrink(ref), "a portrait", upscaler="realesrgan-x4plus",
+    ...                                reference=ref, label="Real-ESRGAN")   # doctest: +SKIP
+    >>> list(images)                                                         # doctest: +SKIP
+    ['Real-ESRGAN ×4', 'Real-ESRGAN ×4 + refine 0.3']
+    """
+    import cv2
+
+    from .compose import refine
+    from .generate import DEFAULT_PRESET
+    from .upscale import upscale
+    from .upscale.sizing import target_size
+    from .validation import check_strength
+
+    strength = check_strength(strength)  # a typo fails before minutes of upscaling
+    src = as_8bit(image).convert("RGB")
+    ref = as_8bit(reference).convert("RGB") if reference is not None else None
+    out_size = ref.size if ref is not None else target_size(src.width, src.height, scale=scale,
+                                                            size=size, default_scale=4.0)
+    up = upscale(src, upscaler, size=out_size, device=device, progress=progress, full_result=True)
+    base = f"{label or upscaler} ×{out_size[0] / src.width:.3g}"
+    images: dict[str, Image.Image] = {base: up.image}
+    rows = Table([{"model": base, "seconds": up.seconds, "size": up.image.size}])
+    t = time.perf_counter()
+    try:
+        out = refine(up.image, prompt, model=model or DEFAULT_PRESET, strength=strength, seed=seed,
+                     device=device, progress=progress, **refine_kwargs)
+        images[f"{base} + refine {strength:g}"] = out.image
+        rows.append({"model": f"{base} + refine {strength:g}", "seconds": time.perf_counter() - t,
+                     "size": out.image.size})
+    except PipelineError as exc:
+        log.warning("compare_refine: refine skipped: %s", exc)
+        rows.append({"model": f"{base} + refine {strength:g}", "note": str(exc)})
+    if ref is not None:
+        for row in rows:
+            img = images.get(row["model"])
+            row["psnr"] = (float(cv2.PSNR(np.asarray(img), np.asarray(ref)))
+                           if img is not None else None)
     return images, rows
 
 

@@ -23,6 +23,7 @@ from .errors import BackendUnavailableError, InvalidParameterError, WeightsError
 from .generate import (DEFAULT_PRESET, GeneratedImage, as_rgb, current_pipeline, generate,
                        img2img_session, move_off_gpu, register_pixel_upscaler)
 from .generate.pipeline import get_loaded
+from .presentation import refined_params
 from .refine_plan import refine_memory_plan
 from .upscale import (DEFAULT_UPSCALER, ModelSpec, UpscaleResult, load_upscaler, resolve_model,
                       upscale)
@@ -187,8 +188,7 @@ def _refined(gen: GeneratedImage, model, strength: float, generate_kwargs: dict)
     opts = {k: generate_kwargs[k] for k in keys if k in generate_kwargs}
     ref = refine(gen.image, gen.params.get("prompt", ""), model=model, strength=strength,
                  seed=gen.seed, **opts)
-    params = dict(gen.params, **{k: v for k, v in ref.params.items() if k.startswith("refine_")})
-    return GeneratedImage(ref.image, gen.seed, params)
+    return GeneratedImage(ref.image, gen.seed, refined_params(gen.params, ref))
 
 
 # ------------------------------------------------------------------ tiled detail refine

@@ -5,6 +5,7 @@ Rules the notebook app (and any other front end) shares with the library, kept h
 - :func:`as_8bit` — a picture a screen can show: PIL as is, 16-bit arrays reduced to their top 8 bits;
 - :func:`preview_png` — PNG bytes of a picture, scaled down to a preview size (the file stays full size);
 - :func:`zoom_box` — the (left, top, right, bottom) fractions of a zoom window kept inside the picture;
+- :func:`pixel_box` — the same for a window of whole pixels (a 1:1 or 2:1 crop);
 - :func:`upscaled_params` — generation parameters plus how the picture was upscaled (``upscaler``,
   ``upscale_by``, ``upscale_size``), the vocabulary :mod:`pipeline_lib.metadata` writes;
 - :func:`save_result` — save a picture with the metadata that belongs to it.
@@ -21,7 +22,8 @@ from PIL import Image
 
 from .errors import InvalidParameterError
 
-__all__ = ["as_8bit", "preview_png", "zoom_box", "upscaled_params", "save_result"]
+__all__ = ["as_8bit", "preview_png", "zoom_box", "pixel_box", "upscaled_params", "refined_params",
+           "save_result"]
 
 
 def as_8bit(image) -> Image.Image:
@@ -74,6 +76,23 @@ def zoom_box(x: float, y: float, zoom: float) -> tuple[float, float, float, floa
     return cx - half, cy - half, cx + half, cy + half
 
 
+def pixel_box(size: tuple[int, int], x: float, y: float, side: int) -> tuple[float, float, float, float]:
+    """The fractions (as :func:`zoom_box`) of a ``side``×``side``-pixel window of a picture of
+    ``size``, centred on (``x``, ``y``) and kept inside; narrower where the picture is. Its edges
+    fall on whole pixels, so cutting it from two pictures of that size gives the same pixels of each.
+
+    >>> pixel_box((100, 50), 0.0, 0.5, 20)
+    (0.0, 0.3, 0.2, 0.7)
+    """
+    w, h = size
+    if not (isinstance(side, int) and side >= 1):
+        raise InvalidParameterError(f"the crop side must be a whole number of pixels ≥ 1, got {side!r}.")
+    cw, ch = min(side, w), min(side, h)
+    left = min(max(round(float(x) * w - cw / 2), 0), w - cw)
+    top = min(max(round(float(y) * h - ch / 2), 0), h - ch)
+    return left / w, top / h, (left + cw) / w, (top + ch) / h
+
+
 def upscaled_params(params: dict[str, Any], result) -> dict[str, Any]:
     """Generation ``params`` plus how ``result`` (an :class:`~pipeline_lib.UpscaleResult`) upscaled
     the picture: ``upscaler``, ``upscale_by`` (float factor) and ``upscale_size`` ("WxH")."""
@@ -81,19 +100,31 @@ def upscaled_params(params: dict[str, Any], result) -> dict[str, Any]:
                 upscale_size=f"{result.size[0]}x{result.size[1]}")
 
 
-def save_result(path: str | os.PathLike, image, *, generated=None, upscaled=None) -> Path:
+def refined_params(params: dict[str, Any], refined) -> dict[str, Any]:
+    """``params`` plus the ``refine_*`` settings of ``refined`` (the
+    :class:`~pipeline_lib.GeneratedImage` :func:`pipeline_lib.refine` returned)."""
+    return dict(params, **{k: v for k, v in refined.params.items() if k.startswith("refine_")})
+
+
+def save_result(path: str | os.PathLike, image, *, generated=None, upscaled=None,
+                refined=None) -> Path:
     """Save ``image`` at ``path`` (atomically, never overwriting) with the metadata it earned.
 
     ``generated`` (a :class:`~pipeline_lib.GeneratedImage`): A1111 ``parameters`` text, with the
     upscale recorded too when ``upscaled`` (an :class:`~pipeline_lib.UpscaleResult`) is given, so
     ``generate(**read_metadata(path))`` makes the un-upscaled picture again. Without ``generated``:
     the source's own text chunks plus the upscaler's (``UpscaleResult.as_metadata()``).
+    ``refined`` (what :func:`pipeline_lib.refine` returned) adds its ``refine_*`` settings; for a
+    picture that was not generated here its prompt, model and seed stand in for ``generated``'s.
     """
     from .generate import GeneratedImage
     from .images import save_image
 
-    if generated is not None:
-        params = generated.params if upscaled is None else upscaled_params(generated.params, upscaled)
-        return GeneratedImage(image, generated.seed, params).save(path)
+    source = generated if generated is not None else refined
+    if source is not None:
+        params = source.params if upscaled is None else upscaled_params(source.params, upscaled)
+        if refined is not None:
+            params = refined_params(params, refined)
+        return GeneratedImage(image, source.seed, params).save(path)
     meta = upscaled.as_metadata() if upscaled is not None else None
     return save_image(image, path, metadata=meta)

@@ -25,7 +25,7 @@ from . import config
 
 __all__ = ["tiny_sd_pipeline_dir", "tiny_sdxl_pipeline_dir", "tiny_sd_single_file",
            "tiny_sd_x4_upscaler_dir", "tiny_sd_x2_latent_upscaler_dir",
-           "write_byte_level_tokenizer", "default_root"]
+           "tiny_sd_lora_bytes", "write_byte_level_tokenizer", "default_root"]
 
 _LOCK = threading.Lock()
 #: Token ids the offline tokenizer and the tiny text encoders agree on.
@@ -239,6 +239,30 @@ def tiny_sd_x2_latent_upscaler_dir(root: str | os.PathLike | None = None) -> Pat
     """A saved tiny sd-x2-latent upscaler folder."""
     return _build_folder(Path(root or default_root()) / "tiny-sd-x2-latent",
                          build_tiny_sd_x2_latent_upscaler)
+
+
+def tiny_sd_lora_bytes(seed: int = 0, root: str | os.PathLike | None = None) -> bytes:
+    """A random LoRA for the tiny SD-1.x UNet's attention projections (made with peft, saved by
+    diffusers' ``save_lora_weights`` as .safetensors), as the file's bytes: weight 1 visibly
+    changes the tiny pipeline's pictures."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_pipeline_dir(root)))
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_" in name:  # peft starts B at zero: an inert LoRA; make it bite
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.6)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    with tempfile.TemporaryDirectory(prefix="pipeline_lib-lora-") as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers,
+                                                  weight_name="lora.safetensors")
+        return (Path(tmp) / "lora.safetensors").read_bytes()
 
 
 # ------------------------------------------------------------------ single-file (LDM) layout

@@ -118,3 +118,44 @@ def test_table_formats_numbers():
     assert lines[0].split() == ["model", "seconds", "size", "psnr", "extra"]
     assert lines[2].split() == ["a", "0.0123", "2×3", "inf", "n/a"]
     assert lines[3].split() == ["b", "12.50", "n/a", "n/a", "n/a"]
+
+
+def test_compare_refine_gan_alone_vs_gan_plus_refine(sd_dir, photo, tmp_path):
+    ref = photo.crop((192, 96, 256, 160))  # 64² of the face
+    low = compare.shrink(ref, 4)
+    images, table = compare.compare_refine(low, "astronaut portrait", upscaler="realesr-animevideov3",
+                                           model=sd_dir, strength=0.3, reference=ref, seed=1,
+                                           label="Real-ESRGAN", steps=2, progress=False)
+    assert list(images) == ["Real-ESRGAN ×4", "Real-ESRGAN ×4 + refine 0.3"]
+    gan, refined = images.values()
+    assert gan.size == refined.size == (64, 64)
+    assert np.abs(np.asarray(gan, np.int16) - np.asarray(refined, np.int16)).max() > 5
+    assert [r["model"] for r in table] == list(images)
+    assert all(r["size"] == (64, 64) and math.isfinite(r["psnr"]) for r in table)
+    assert table[1]["psnr"] == pytest.approx(psnr(refined, ref))
+    # same seed → the same refined pixels; without a reference, the default ×4
+    again, _ = compare.compare_refine(low, "astronaut portrait", upscaler="realesr-animevideov3",
+                                      model=sd_dir, seed=1, steps=2, progress=False)
+    assert list(again) == ["realesr-animevideov3 ×4", "realesr-animevideov3 ×4 + refine 0.3"]
+    assert np.array_equal(np.asarray(again["realesr-animevideov3 ×4 + refine 0.3"]),
+                          np.asarray(refined))
+    # a refine that cannot run here: a row saying why; the GAN result is still there
+    images, table = compare.compare_refine(low, "x", upscaler="realesr-animevideov3",
+                                           model=str(tmp_path / "no-such-model"), progress=False)
+    assert list(images) == ["realesr-animevideov3 ×4"] and "no-such-model" in table[1]["note"]
+    with pytest.raises(InvalidParameterError, match="strength must be"):
+        compare.compare_refine(low, "x", upscaler="realesr-animevideov3", strength=1.5)
+
+
+def test_crop_box_of_whole_pixels_cuts_exactly_those(photo):
+    from pipeline_lib.presentation import pixel_box
+
+    img = photo.resize((333, 217))
+    for x, y, side in ((0.5, 0.5, 100), (0.0, 1.0, 64), (0.37, 0.61, 217), (0.9, 0.1, 500)):
+        box = pixel_box(img.size, x, y, side)
+        cut = compare.crop_box(img, box)
+        assert cut.size == (min(side, 333), min(side, 217))
+        left, top = round(box[0] * 333), round(box[1] * 217)
+        assert cut.tobytes() == img.crop((left, top, left + cut.width, top + cut.height)).tobytes()
+    with pytest.raises(InvalidParameterError, match="crop side"):
+        pixel_box(img.size, 0.5, 0.5, 0)

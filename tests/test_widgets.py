@@ -208,6 +208,9 @@ def test_controls_explain_themselves(ui):
     assert tip and "PNG" in tip
     assert ui.details_box.get_title(0) == "details"
     assert all(b.layout.min_width for b in ui.buttons)  # never squeezed to "Gener…"
+    tip = getattr(ui.lora_upload, "tooltip", None) or getattr(ui.lora_upload, "description_tooltip", None)
+    assert ui.lora_upload.description == "Upload LoRA" and tip and ".safetensors" in tip
+    assert ui.lora_upload.accept == ".safetensors"
     assert all(s.layout.min_width for s in (ui.zoom_x, ui.zoom_y, ui.zoom))
 
 
@@ -228,3 +231,83 @@ def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
     ui.upscale_button.click()
     assert "WeightsError" in ui.message.value and "4x-UltraSharp.pth" in ui.message.value
     assert ui.results[0].upscaled is None and ui.progress.bar_style == "danger"
+
+
+@pytest.fixture(scope="module")
+def lora_bytes() -> bytes:
+    pytest.importorskip("peft")  # LoRAs load (and are made) through peft
+    from pipeline_lib.testing import tiny_sd_lora_bytes
+
+    return tiny_sd_lora_bytes(seed=1)
+
+
+@pytest.fixture()
+def lora_ui(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(tmp_path / "loras"))
+    ui = pl.app(test_mode=True, output_dir=tmp_path / "out")
+    ui.aspect.value, ui.width.value, ui.height.value, ui.seed.value = "custom", 64, 64, "3"
+    return ui
+
+
+def test_lora_upload_fills_the_picker_and_never_overwrites(lora_ui, tmp_path):
+    from safetensors.numpy import save
+
+    ui, folder = lora_ui, tmp_path / "loras"
+    first = save({"w": np.zeros((2, 2), np.float32)})  # any .safetensors: no model needed here
+    assert ui.lora_rows == {} and "none in" in ui.lora_folder.value
+    _send_upload(ui.lora_upload, first, "grain.safetensors")
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert (folder / "grain.safetensors").read_bytes() == first
+    assert list(ui.lora_rows) == ["grain.safetensors"] and len(ui.lora_grid.children) == 1
+    ui.lora_rows["grain.safetensors"][0].value = True
+    # another file under the same name: refused, the first one kept, the ticked row kept
+    _send_upload(ui.lora_upload, save({"w": np.ones((2, 2), np.float32)}), "grain.safetensors")
+    assert "OutputExistsError" in ui.message.value and "other content" in ui.message.value
+    assert (folder / "grain.safetensors").read_bytes() == first
+    assert ui.lora_rows["grain.safetensors"][0].value is True
+    assert ui.form().loras == [("grain.safetensors", 1.0)]
+
+
+def test_lora_ticked_in_the_picker_reaches_generate(lora_ui, tmp_path, lora_bytes):
+    ui, folder = lora_ui, tmp_path / "loras"
+    folder.mkdir()
+    (folder / "detail.safetensors").write_bytes(lora_bytes)
+    ui.controller.refresh_loras()  # a file put there by hand
+    tick, weight = ui.lora_rows["detail.safetensors"]
+    tick.value, weight.value = True, 0.8
+    ui.generate_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    params = ui.results[0].generated.params
+    assert params["loras"] == [(str(folder / "detail.safetensors"), 0.8)]
+    assert set(params["lora_hashes"]) == {"detail"}
+
+
+def test_hires_and_refine_controls(ui):
+    assert ui.hires_scale.disabled and ui.hires_upscaler.options[0] == "latent"
+    ui.hires.value = True
+    assert not ui.hires_scale.disabled
+    ui.hires_strength.value = 0.0
+    ui.generate_button.click()
+    assert "hires_strength must be a finite number &gt; 0" in ui.message.value
+    ui.hires_strength.value = 0.5
+    ui.generate_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert [im.size for im in ui.shown_images()] == [(128, 128)]
+
+    ui.hires.value = False
+    ui.generate_button.click()
+    ui.refine_strength.value = 1.5
+    ui.upscale_button.click()
+    assert "refine_strength must be a finite number &gt; 0" in ui.message.value
+    ui.refine_strength.value = 0.3
+    ui.upscale_button.click()
+    assert "⚠" not in ui.message.value, ui.message.value
+    # original, GAN upscale, refined; then the same pixels of the last two at 1:1
+    assert [im.size for im in ui.shown_images()] == [(64, 64), (128, 128), (128, 128)]
+    (crops,) = ui.shown_crops()
+    assert [c.size for c in crops] == [(128, 128)] * 2
+    ui.crop_ratio.value = 2
+    (crops,) = ui.shown_crops()
+    assert [c.size for c in crops] == [(256, 256)] * 2
+    refined = np.asarray(ui.results[0].refined.image.resize((256, 256), Image.Resampling.NEAREST))
+    assert np.array_equal(np.asarray(crops[1].convert("RGB")), refined)

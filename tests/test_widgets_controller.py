@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import pipeline_lib as pl
-from pipeline_lib.widgets.controller import CUSTOM, Controller, GenerateForm
+from pipeline_lib.widgets.controller import CUSTOM, Controller, GenerateForm, Result
 from pipeline_lib.widgets.progress import JobProgress, Progress, format_seconds
 
 
@@ -196,6 +196,141 @@ def test_rows_show_pictures_and_same_size_crops_that_follow_the_zoom(ctl, small_
     assert "×8" in ctl.rows()[0].crops[0].caption
     with pytest.raises(pl.InvalidParameterError, match="zoom"):
         ctl.set_zoom(0.5, 0.5, 0)
+
+
+# ---------------------------------------------------------------- LoRAs, hires fix, refine
+@pytest.fixture(scope="session")
+def lora_bytes() -> bytes:
+    pytest.importorskip("peft")  # LoRAs load (and are made) through peft
+    from pipeline_lib.testing import tiny_sd_lora_bytes
+
+    return tiny_sd_lora_bytes(seed=1)
+
+
+@pytest.fixture()
+def lora_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "loras"
+    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(folder))
+    return folder
+
+
+def test_lora_picked_in_the_app_reaches_generate(lora_folder, lora_bytes, tmp_path, events):
+    lora_folder.mkdir()
+    (lora_folder / "detail.safetensors").write_bytes(lora_bytes)
+    (lora_folder / "notes.txt").write_text("not a LoRA")
+    ctl = Controller(test_mode=True, output_dir=tmp_path / "out", on_change=events.append)
+    assert ctl.loras == ["detail.safetensors"]
+    form = _form(ctl, loras=[("detail.safetensors", 1.0)])
+    assert ctl.generate_kwargs(form)["loras"] == [(str(lora_folder / "detail.safetensors"), 1.0)]
+    assert ctl.generate(form), ctl.message
+    (with_lora,) = ctl.results
+    assert set(with_lora.generated.params["lora_hashes"]) == {"detail"}
+    assert 'Lora hashes: "detail: ' in with_lora.generated.parameters_text()
+    assert ctl.generate(_form(ctl))
+    (plain,) = ctl.results
+    diff = np.abs(np.asarray(with_lora.original, np.int16) - np.asarray(plain.original, np.int16))
+    assert diff.max() > 10 and "lora_hashes" not in plain.generated.params
+    assert ctl.save(tmp_path / "pics")  # the LoRA is in the saved file's metadata
+    (lora_folder / "detail.safetensors").unlink()
+    ctl.refresh_loras()
+    assert ctl.loras == [] and events[-1] == "loras"
+
+
+def test_lora_upload_saves_into_the_folder_and_never_overwrites(lora_folder, lora_bytes, tmp_path,
+                                                                 events):
+    ctl = Controller(test_mode=True, output_dir=tmp_path / "out", on_change=events.append)
+    assert ctl.loras == []  # the folder does not exist yet
+    assert ctl.upload_lora("C:\\downloads\\detail.safetensors", lora_bytes), ctl.message
+    saved = lora_folder / "detail.safetensors"
+    assert saved.read_bytes() == lora_bytes and ctl.loras == ["detail.safetensors"]
+    assert "loras" in events and ctl.message.kind == "info" and str(saved) in ctl.message.text
+    assert ctl.upload_lora("detail.safetensors", lora_bytes)  # the same file again: fine
+    assert "unchanged" in ctl.message.text
+    other = lora_bytes[:-1] + bytes([lora_bytes[-1] ^ 1])
+    assert ctl.upload_lora("detail.safetensors", other) is False
+    assert ctl.message.text.startswith("OutputExistsError: ") and "other content" in ctl.message.text
+    assert saved.read_bytes() == lora_bytes  # left as it was
+    assert ctl.upload_lora("broken.safetensors", b"\x08" + bytes(20)) is False
+    assert ctl.message.text.startswith("InvalidParameterError: broken.safetensors is not a readable")
+    assert ctl.upload_lora("model.ckpt", lora_bytes) is False
+    assert "not a .safetensors file" in ctl.message.text
+    assert sorted(p.name for p in lora_folder.iterdir()) == ["detail.safetensors"]  # no leftovers
+    assert ctl.loras == ["detail.safetensors"]
+
+
+def test_hires_fix_doubles_the_size_and_bad_strength_shows_the_library_message(ctl):
+    assert ctl.generate(_form(ctl, hires=True, hires_scale=2.0, hires_strength=0.5)), ctl.message
+    (r,) = ctl.results
+    assert r.original.size == (128, 128)
+    p = r.generated.params
+    assert (p["width"], p["height"], p["hires_scale"], p["hires_upscaler"]) == (64, 64, 2.0, "latent")
+    assert ctl.generate(_form(ctl, hires=True, hires_strength=0.0)) is False
+    assert ctl.message.text.startswith("InvalidParameterError: hires_strength must be a finite "
+                                       "number > 0")
+    kw = ctl.generate_kwargs(_form(ctl, hires_strength=0.0))  # hires off: its fields stay out
+    assert not any(k.startswith("hires") for k in kw)
+
+
+def test_refine_after_upscale_shows_gan_and_refined_with_pixel_crops(ctl, tmp_path):
+    assert ctl.generate(_form(ctl))
+    assert ctl.upscale("realesr-animevideov3", "128", _form(ctl, refine_strength=0.3)), ctl.message
+    (r,) = ctl.results
+    assert r.refined.image.size == r.upscaled.size == (128, 128)
+    assert np.abs(np.asarray(r.refined.image, np.int16) - np.asarray(r.upscaled, np.int16)).max() > 5
+    assert r.refined.seed == r.generated.seed and r.refined.params["refine_strength"] == 0.3
+    assert "refined at 0.3" in ctl.status and ctl.progress.finished
+    (row,) = ctl.rows()
+    assert [p.size for p in row.pictures] == [(64, 64), (128, 128), (128, 128)]
+    assert "refined at 0.3" in row.pictures[2].caption
+    # the same pixels of the GAN upscale and of the refined picture, 1:1, then 2:1
+    crops = [Image.open(io.BytesIO(p.png)) for p in row.crops]
+    assert [c.size for c in crops] == [(128, 128)] * 2
+    assert np.array_equal(np.asarray(crops[0]), np.asarray(r.upscaled))
+    assert np.array_equal(np.asarray(crops[1]), np.asarray(r.refined.image))
+    assert "crop 128×128 px at 1:1" in row.crops[1].caption
+    ctl.set_crop_ratio(2)
+    crops = [Image.open(io.BytesIO(p.png)) for p in ctl.rows()[0].crops]
+    assert [c.size for c in crops] == [(256, 256)] * 2
+    assert np.array_equal(np.asarray(crops[1]),
+                          np.asarray(r.refined.image.resize((256, 256), Image.Resampling.NEAREST)))
+    with pytest.raises(pl.InvalidParameterError, match="crop ratio"):
+        ctl.set_crop_ratio(3)
+    assert ctl.save(tmp_path / "pics")
+    (path,) = ctl.saved
+    assert path.name.endswith("-128x128-refined.png")
+    meta = pl.read_metadata(path, extra=True)
+    assert meta["refine_strength"] == 0.3 and meta["upscaler"] == "realesr-animevideov3"
+    assert (meta["width"], meta["height"]) == (64, 64)  # generate(**meta) makes the original
+
+
+def test_pixel_crops_cut_the_same_region_of_large_pictures(ctl):
+    from pipeline_lib.generate import GeneratedImage
+
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 900, 3), np.uint8))
+    refined = Image.fromarray(255 - np.asarray(big))
+    ctl.results = [Result(big.resize((225, 150)), "pic", upscaled=big,
+                          upscale_info=type("Info", (), {"model": "m"})(),
+                          refined=GeneratedImage(refined, 1, {"refine_strength": 0.25}))]
+    ctl.set_zoom(0.9, 0.1, 4)
+    for ratio, side in ((1, 384), (2, 192)):
+        ctl.set_crop_ratio(ratio)
+        gan, ref = (np.asarray(Image.open(io.BytesIO(p.png))) for p in ctl.rows()[0].crops)
+        assert gan.shape == ref.shape == (384, 384, 3)
+        # centred on (810, 60), moved inside: columns 900-side..900, rows 0..side
+        want = np.asarray(big.crop((900 - side, 0, 900, side)).resize((384, 384),
+                                                                      Image.Resampling.NEAREST))
+        assert np.array_equal(gan, want) and np.array_equal(ref, 255 - want)
+
+
+def test_bad_refine_strength_is_refused_before_upscaling(ctl, small_photo):
+    assert ctl.generate(_form(ctl))
+    assert ctl.upscale("realesr-animevideov3", "128", _form(ctl, refine_strength=1.5)) is False
+    assert ctl.message.text.startswith("InvalidParameterError: refine_strength must be")
+    assert ctl.results[0].upscaled is None
+    # an upload has no prompt of its own: refining it takes the form's, and says when it is empty
+    assert ctl.upload("face.png", _png(small_photo))
+    assert ctl.upscale("realesr-animevideov3", "96", _form(ctl, prompt=" ", refine_strength=0.3)) is False
+    assert "prompt is empty" in ctl.message.text and ctl.results[0].upscaled is None
 
 
 # ---------------------------------------------------------------- the progress figure alone

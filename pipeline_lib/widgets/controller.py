@@ -1,4 +1,5 @@
-"""The app's state and actions — generate, upload, upscale, save, zoom — with no ipywidgets.
+"""The app's state and actions — generate (LoRAs, hires fix), upload, upscale (+ refine), save,
+zoom, LoRA uploads — with no ipywidgets.
 
 The view (:mod:`pipeline_lib.widgets.view`) reads its controls into a :class:`GenerateForm` or
 plain values, calls an action here and redraws what ``on_change(what)`` names. An action never
@@ -22,19 +23,22 @@ import traceback
 
 from .. import notebook as nb
 from ..errors import InvalidParameterError, PipelineError
+from ..generate.job import HIRES_LATENT
 from ..outputs import save_to_free_name
-from ..presentation import as_8bit, preview_png, save_result, zoom_box
-from ..validation import parse_seed
+from ..presentation import as_8bit, pixel_box, preview_png, save_result, zoom_box
+from ..validation import check_strength, parse_seed
+from .loras import lora_files, lora_path, save_lora
 from .progress import JobProgress, Progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "CUSTOM", "PREVIEW", "GenerateForm", "Result", "Message", "Picture", "Row",
-           "Controller"]
+__all__ = ["AUTO", "CUSTOM", "PREVIEW", "CROP_RATIOS", "GenerateForm", "Result", "Message", "Picture",
+           "Row", "Controller"]
 
 AUTO, CUSTOM = "model default", "custom"  # the aspect choices besides the named aspects
 PREVIEW = 768  # px: larger pictures reach the browser scaled down (files stay full size)
 CROP_DISPLAY = 384  # px: the side the zoom crops are drawn at (the browser scales them to fit)
+CROP_RATIOS = (1, 2)  # the GAN-vs-refined crops: screen pixels per picture pixel
 
 
 @dataclass
@@ -51,6 +55,12 @@ class GenerateForm:
     guidance: float = -1.0  # < 0: the preset's
     seed: str = "random"
     num_images: int = 1
+    loras: list = field(default_factory=list)  # [(file name in the LoRA folder, weight)]
+    hires: bool = False  # the hires fix: generate, upscale, img2img at the larger size
+    hires_scale: float = 2.0
+    hires_strength: float = 0.35
+    hires_upscaler: str = HIRES_LATENT  # or any upscaler name
+    refine_strength: float = 0.0  # Upscale then refines at this strength; 0: off
 
 
 @dataclass
@@ -62,6 +72,7 @@ class Result:
     generated: Any = None  # GeneratedImage when it came from generate()
     upscaled: Any = None
     upscale_info: Any = None  # UpscaleResult of the last upscale
+    refined: Any = None  # GeneratedImage refine() made of the upscaled picture
     previews: dict = field(default_factory=dict, repr=False)  # id(picture) → (picture, PNG)
 
     def preview(self, picture) -> bytes:
@@ -73,6 +84,8 @@ class Result:
 
     @property
     def shown(self):
+        if self.refined is not None:
+            return self.refined.image
         return self.upscaled if self.upscaled is not None else self.original
 
 
@@ -93,8 +106,8 @@ class Picture:
 @dataclass
 class Row:
     name: str
-    pictures: list[Picture]  # the original, then the upscaled version
-    crops: list[Picture]  # the same region of each, drawn at the same size
+    pictures: list[Picture]  # the original, then the upscaled (and refined) versions
+    crops: list[Picture]  # the same region of each (once refined: of those two), same size
 
 
 class _Notes(logging.Handler):
@@ -114,7 +127,8 @@ class Controller:
     """State and actions of the notebook app.
 
     ``on_change(what)`` tells the view what to redraw: "progress", "status", "message", "notes",
-    "results" or "busy". ``clock`` (seconds) times the jobs for the time-left estimate.
+    "results", "loras" (the LoRA folder's files) or "busy". ``clock`` (seconds) times the jobs
+    for the time-left estimate.
     """
 
     def __init__(self, test_mode: bool | None = None, output_dir: str | Path = "outputs", *,
@@ -138,6 +152,8 @@ class Controller:
         self.progress = Progress()
         self.busy = False
         self.zoom: tuple[float, float, float] = (0.5, 0.35, 4)  # centre x, y (fractions), factor
+        self.crop_ratio = CROP_RATIOS[0]
+        self.loras: list[str] = lora_files()
         self._job: JobProgress | None = None
 
     # ------------------------------------------------------------ running an action
@@ -231,7 +247,30 @@ class Controller:
             kw["steps"] = form.steps
         if form.guidance >= 0:
             kw["guidance"] = form.guidance
+        if form.loras:
+            kw["loras"] = [(lora_path(name), weight) for name, weight in form.loras]
+        if form.hires:  # the values go as typed: generate() says what is wrong with them
+            kw.update(hires_scale=form.hires_scale, hires_strength=form.hires_strength,
+                      hires_upscaler=form.hires_upscaler)
         return kw
+
+    def refine_kwargs(self, result: Result, form: GenerateForm) -> dict[str, Any]:
+        """What Upscale passes to :func:`pipeline_lib.refine` for ``result`` (besides the
+        picture): a generated picture's own prompt, model, LoRAs and seed; for an upload the
+        form's."""
+        if result.generated is not None:
+            p = result.generated.params
+            kw = dict(prompt=p.get("prompt", ""), model=p.get("model") or form.model,
+                      seed=result.generated.seed)
+            kw.update({k: p[k] for k in ("negative_prompt", "loras", "embeddings", "clip_skip")
+                       if p.get(k)})
+        else:
+            gen = self.generate_kwargs(form)  # an upload needs a prompt to be refined
+            kw = {k: gen[k] for k in ("prompt", "model", "seed", "negative_prompt", "loras")
+                  if k in gen}
+        if form.steps > 0:
+            kw["steps"] = form.steps
+        return dict(kw, strength=form.refine_strength)
 
     @staticmethod
     def target(text: str):
@@ -288,20 +327,26 @@ class Controller:
         self._start_job(1, "reading the upload")
         self._finish_job(f"uploaded {shown_name} ({pil.width}×{pil.height}); press Upscale")
 
-    def upscale(self, model: str, target: str) -> bool:
+    def upscale(self, model: str, target: str, form: GenerateForm | None = None) -> bool:
         """Upscale every picture with ``model`` (exactly that model: never a substitute) to
-        ``target`` (``2048`` or ``WxH``)."""
-        return self._run("upscaling", self._upscale, model, target)
+        ``target`` (``2048`` or ``WxH``); then, when ``form.refine_strength`` is not 0, refine
+        each upscaled picture at that strength (:func:`pipeline_lib.refine`)."""
+        return self._run("upscaling", self._upscale, model, target, form)
 
-    def _upscale(self, model: str, target: str) -> None:
+    def _upscale(self, model: str, target: str, form: GenerateForm | None) -> None:
         from ..upscale import upscale
 
         if not self.results:
             raise InvalidParameterError("nothing to upscale yet: press Generate or upload an image "
                                         "first.")
         size = self.target(target)
+        form = form or GenerateForm()
+        refining = form.refine_strength != 0
+        if refining:  # checked before minutes of upscaling, with the library's rule and words
+            check_strength(form.refine_strength, "refine_strength")
+            plans = [self.refine_kwargs(r, form) for r in self.results]
         n = len(self.results)
-        job = self._start_job(n, f"upscaling with {model}…")
+        job = self._start_job(n * (2 if refining else 1), f"upscaling with {model}…")
         for i, r in enumerate(self.results):
             what = f"upscaling {f'picture {i + 1}/{n} ' if n > 1 else ''}with {model}"
             self._set_status(f"{what}…")
@@ -309,11 +354,23 @@ class Controller:
             # a named model is never swapped: it runs (on any of its backends) or says why not
             res = upscale(r.original, model, size=size, progress=False, full_result=True,
                           on_progress=tiles)
-            r.upscaled, r.upscale_info = res.image, res
+            r.upscaled, r.upscale_info, r.refined = res.image, res, None
             job.part_done(i)
+            if refining:
+                self._refine(r, plans[i], n + i,
+                             "refining" + (f" picture {i + 1}/{n}" if n > 1 else ""))
         last = self.results[-1].upscale_info
         self._finish_job(f"upscaled {n} picture(s) to {last.size[0]}×{last.size[1]} with "
-                         f"{last.model} ({last.backend} on {last.device})")
+                         f"{last.model} ({last.backend} on {last.device})"
+                         + (f", refined at {form.refine_strength:g}" if refining else ""))
+
+    def _refine(self, result: Result, kwargs: dict, part: int, what: str) -> None:
+        from ..compose import refine
+
+        self._set_status(f"{what} with {kwargs['model']}…")
+        tiles = self._reporting(part, lambda done, total: f"{what}: tile {done}/{total}")
+        result.refined = refine(result.upscaled, **kwargs, progress=False, on_progress=tiles)
+        self._job.part_done(part)
 
     def save(self, folder: str | Path | None = None) -> bool:
         """Save every picture (upscaled where it was) under a free name in ``folder``."""
@@ -328,9 +385,9 @@ class Controller:
         paths = []
         for r in self.results:
             stem = r.name + (f"-{r.upscaled.width}x{r.upscaled.height}" if r.upscaled is not None
-                             else "")
+                             else "") + ("-refined" if r.refined is not None else "")
             paths.append(save_to_free_name(folder, stem, lambda dest, r=r: save_result(
-                dest, r.shown, generated=r.generated, upscaled=r.upscale_info)))
+                dest, r.shown, generated=r.generated, upscaled=r.upscale_info, refined=r.refined)))
         self.saved += paths
         self._show(Message("info", "saved: " + ", ".join(str(p) for p in paths)))
         self._set_status(f"saved {len(paths)} file(s) in {folder}")
@@ -342,20 +399,66 @@ class Controller:
         self.zoom = (float(x), float(y), factor)
         self.on_change("results")
 
-    def rows(self) -> list[Row]:
-        """What the gallery shows: per result, the pictures and the same zoomed region of each."""
-        from ..compare import zoom_crops
+    def set_crop_ratio(self, ratio: int) -> None:
+        """How the GAN-vs-refined crops are drawn: 1 (1:1, a screen pixel per picture pixel) or
+        2 (2:1, each picture pixel as 2×2)."""
+        if ratio not in CROP_RATIOS:
+            raise InvalidParameterError(f"crop ratio must be one of {CROP_RATIOS} (1:1 or 2:1), "
+                                        f"got {ratio!r}.")
+        self.crop_ratio = int(ratio)
+        self.on_change("results")
 
-        box = zoom_box(*self.zoom)
+    def rows(self) -> list[Row]:
+        """What the gallery shows: per result, the pictures and the same zoomed region of each;
+        once refined, the GAN upscale and the refined picture cut at the same pixels, 1:1 or 2:1."""
         rows = []
         for r in self.results:
             pics = [r.original] + ([r.upscaled] if r.upscaled is not None else [])
             captions = ["original"] + ([f"upscaled with {r.upscale_info.model}"]
                                        if r.upscaled is not None else [])
+            if r.refined is not None:
+                pics.append(r.refined.image)
+                captions.append(f"refined at {r.refined.params.get('refine_strength', 0):g}")
             shown = [Picture(f"{c}, {p.width}×{p.height}", r.preview(p), p.size)
                      for p, c in zip(pics, captions)]
-            crops = zoom_crops(pics, box, as_figure=False, display=CROP_DISPLAY)
-            zoomed = [Picture(f"{c.split(',')[0]}, zoom ×{self.zoom[2]:g}", preview_png(z), p.size)
-                      for z, c, p in zip(crops, captions, pics)]
-            rows.append(Row(r.name, shown, zoomed))
+            crops = self._pixel_crops(pics[1:], captions[1:]) if r.refined is not None else \
+                self._zoom_crops(pics, captions)
+            rows.append(Row(r.name, shown, crops))
         return rows
+
+    def _zoom_crops(self, pics: list, captions: list[str]) -> list[Picture]:
+        from ..compare import zoom_crops
+
+        crops = zoom_crops(pics, zoom_box(*self.zoom), as_figure=False, display=CROP_DISPLAY)
+        return [Picture(f"{c.split(',')[0]}, zoom ×{self.zoom[2]:g}", preview_png(z), p.size)
+                for z, c, p in zip(crops, captions, pics)]
+
+    def _pixel_crops(self, pics: list, captions: list[str]) -> list[Picture]:
+        """The same whole pixels of the (same-size) GAN and refined pictures, drawn at the crop
+        ratio: what the refine changed, undistorted by any scaling."""
+        from ..compare import zoom_crops
+
+        side = CROP_DISPLAY // self.crop_ratio
+        box = pixel_box(pics[0].size, self.zoom[0], self.zoom[1], side)
+        crops = zoom_crops(pics, box, as_figure=False,
+                           display=min(side, max(pics[0].size)) * self.crop_ratio)
+        return [Picture(f"{c.split(',')[0]}, crop {z.width // self.crop_ratio}×"
+                        f"{z.height // self.crop_ratio} px at {self.crop_ratio}:1",
+                        preview_png(z), p.size) for z, c, p in zip(crops, captions, pics)]
+
+    # ------------------------------------------------------------ the LoRA folder
+    def refresh_loras(self) -> None:
+        """Read the LoRA folder's files again (after files were added there by hand)."""
+        self.loras = lora_files()
+        self.on_change("loras")
+
+    def upload_lora(self, name: str, content: bytes) -> bool:
+        """Save an uploaded .safetensors LoRA into the LoRA folder (never over another file)."""
+        return self._run("saving the LoRA", self._upload_lora, name, content)
+
+    def _upload_lora(self, name: str, content: bytes) -> None:
+        path, new = save_lora(name, content)
+        self.refresh_loras()
+        self._show(Message("info", f"{'saved' if new else 'already there, unchanged'}: {path}; "
+                                   f"tick {path.name} under LoRAs to use it"))
+        self._set_status(f"LoRA {path.name} {'saved' if new else 'already in the folder'}")

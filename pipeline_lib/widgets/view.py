@@ -15,8 +15,10 @@ from pathlib import Path
 
 import ipywidgets as w
 
+from ..generate.adapters import lora_dir
+from ..generate.job import HIRES_LATENT
 from ..generate.presets import ASPECTS
-from .controller import AUTO, CUSTOM, Controller, GenerateForm, Row
+from .controller import AUTO, CROP_RATIOS, CUSTOM, Controller, GenerateForm, Row
 
 __all__ = ["App", "uploaded_files", "set_tooltip"]
 
@@ -84,6 +86,8 @@ class App:
         self.controller = Controller(test_mode, output_dir, on_change=self._refresh)
         self._shape: list[tuple] = []
         self._build_generate_controls()
+        self._build_photoreal_controls()
+        self._build_lora_controls()
         self._build_upscale_controls(output_dir)
         self._build_feedback()
         self._wire()
@@ -91,10 +95,13 @@ class App:
             self.prompt, self.negative_prompt,
             _grid([self.model, self.aspect, self.width, self.height, self.steps, self.guidance,
                    self.seed, self.num_images, self.upscaler, self.target_size]),
+            _grid([self.hires, self.hires_scale, self.hires_strength, self.hires_upscaler,
+                   self.refine_strength]),
+            self.lora_panel,
             _wrap_row([*self.buttons, self.upload, self.output_dir]),
             w.HBox([self.progress, self.progress_text], layout=w.Layout(width="100%")),
             self.status, self.message, self.notes, self.details_box,
-            _wrap_row([self.zoom_x, self.zoom_y, self.zoom]), self.gallery,
+            _wrap_row([self.zoom_x, self.zoom_y, self.zoom, self.crop_ratio]), self.gallery,
         ], layout=w.Layout(width="100%", max_width="1600px"))
         self.widget.add_class("pl-app")
 
@@ -123,6 +130,68 @@ class App:
                                   placeholder="random or a number"))
         self.num_images = _field(w.BoundedIntText(value=1, min=1, max=8, description="images",
                                                   style=_FIELD))
+
+    def _build_photoreal_controls(self) -> None:
+        """Hires fix and refine: the names and meaning of generate()'s and refine()'s arguments."""
+        f = GenerateForm()  # the form's defaults: generate()'s own
+        self.hires = _field(w.Checkbox(value=f.hires, description="hires fix", style=_FIELD),
+                            "generate at the model's size, upscale, then img2img at the larger size")
+        self.hires_scale = _field(w.FloatText(value=f.hires_scale, description="hires scale",
+                                              style=_FIELD), "output size = this × the base size")
+        self.hires_strength = _field(w.FloatText(value=f.hires_strength, style=_FIELD,
+                                                 description="hires strength"),
+                                     "denoising strength of the hires pass: 0 < s ≤ 1")
+        self.hires_upscaler = _field(w.Dropdown(options=[HIRES_LATENT, *self.controller.upscalers],
+                                                value=f.hires_upscaler, style=_FIELD,
+                                                description="hires upscaler"),
+                                     "latent: upscale the latents; or an upscaler model")
+        self.refine_strength = _field(w.FloatText(value=f.refine_strength, style=_FIELD,
+                                                  description="refine (0: off)"),
+                                      "Upscale then repaints detail tile by tile at this strength "
+                                      "(0.2-0.4; 0 = off)")
+        for widget, css in ((self.hires, "pl-hires"), (self.hires_scale, "pl-hires-scale"),
+                            (self.hires_strength, "pl-hires-strength"),
+                            (self.hires_upscaler, "pl-hires-upscaler"),
+                            (self.refine_strength, "pl-refine")):
+            widget.add_class(css)
+
+    def _build_lora_controls(self) -> None:
+        """One row per file in the LoRA folder (tick + weight) and an upload for new ones."""
+        self.lora_rows: dict[str, tuple[w.Checkbox, w.FloatText]] = {}
+        self.lora_grid = _grid([], "repeat(auto-fill, minmax(300px, 1fr))")
+        self.lora_upload = w.FileUpload(accept=".safetensors", multiple=False, icon="upload",
+                                        description="Upload LoRA",
+                                        layout=w.Layout(width="auto", min_width="150px"))
+        set_tooltip(self.lora_upload, "a LoRA .safetensors file: saved into the LoRA folder "
+                                      "(never over a different file of that name)")
+        self.lora_folder = w.HTML(layout=w.Layout(flex="1 1 300px", min_width="0"))
+        self.lora_panel = w.VBox([_wrap_row([self.lora_folder, self.lora_upload]), self.lora_grid],
+                                 layout=w.Layout(width="100%"))
+        for widget, css in ((self.lora_panel, "pl-loras"), (self.lora_upload, "pl-lora-upload")):
+            widget.add_class(css)
+        self._fill_loras()
+
+    def _fill_loras(self) -> None:
+        """Rows for the controller's LoRA list; rows of files still there keep their values."""
+        rows = {}
+        for name in self.controller.loras:
+            rows[name] = self.lora_rows.get(name) or (
+                w.Checkbox(value=False, description=name, indent=False,
+                           layout=w.Layout(flex="1 1 auto", width="auto", min_width="0")),
+                w.FloatText(value=1.0, layout=w.Layout(width="72px", flex="0 0 auto")))
+            set_tooltip(rows[name][0], name)  # a long name may be cut short in its row
+            set_tooltip(rows[name][1], f"weight of {name} (usually 0..1.5)")
+        old_rows, old_boxes, self.lora_rows = self.lora_rows, self.lora_grid.children, rows
+        self.lora_grid.children = [w.HBox(list(row), layout=w.Layout(min_width="0", overflow="hidden"))
+                                   for row in rows.values()]
+        for box in old_boxes:  # the containers only: the controls of kept rows live on
+            box.close()
+        for control in (c for name, row in old_rows.items() if name not in rows for c in row):
+            control.close()
+        where = html.escape(str(lora_dir()), quote=False)
+        self.lora_folder.value = _CAPTION.format(
+            f"<b>LoRAs</b> (tick to use, with a weight) from {where}" if rows else
+            f"<b>LoRAs</b>: none in {where} yet; upload a .safetensors file or put files there")
 
     def _build_upscale_controls(self, output_dir) -> None:
         c = self.controller
@@ -169,6 +238,12 @@ class App:
         self.zoom_x = w.FloatSlider(value=x, min=0, max=1, step=0.01, description="zoom x", **zoom)
         self.zoom_y = w.FloatSlider(value=y, min=0, max=1, step=0.01, description="zoom y", **zoom)
         self.zoom = w.IntSlider(value=factor, min=2, max=16, description="zoom ×", **zoom)
+        self.crop_ratio = w.Dropdown(options=[(f"{r}:1", r) for r in CROP_RATIOS],
+                                     value=self.controller.crop_ratio, description="refined crop",
+                                     style={"description_width": "initial"},
+                                     layout=w.Layout(width="auto", flex="0 1 220px", min_width="200px"))
+        set_tooltip(self.crop_ratio, "after a refine: the same pixels of the upscaled and the refined "
+                                     "picture, drawn 1:1 or 2:1")
         self.gallery = w.VBox(layout=w.Layout(width="100%"))
         for widget, css in ((self.progress, "pl-progress"), (self.progress_text, "pl-progress-text"),
                             (self.status, "pl-status"), (self.message, "pl-message"),
@@ -178,9 +253,14 @@ class App:
     def _wire(self) -> None:
         c = self.controller
         self.generate_button.on_click(lambda _b: c.generate(self.form(), self.target_size.value))
-        self.upscale_button.on_click(lambda _b: c.upscale(self.upscaler.value, self.target_size.value))
+        self.upscale_button.on_click(lambda _b: c.upscale(self.upscaler.value, self.target_size.value,
+                                                          self.form()))
         self.save_button.on_click(lambda _b: c.save(self.output_dir.value))
         self.upload.observe(self._on_upload, names="value")
+        self.lora_upload.observe(self._on_lora_upload, names="value")
+        self.crop_ratio.observe(lambda change: c.set_crop_ratio(change["new"]), names="value")
+        self.hires.observe(lambda _c: self._sync_hires_fields(), names="value")
+        self._sync_hires_fields()
         for s in (self.zoom_x, self.zoom_y, self.zoom):
             s.observe(lambda _change: c.set_zoom(self.zoom_x.value, self.zoom_y.value,
                                                  self.zoom.value), names="value")
@@ -192,7 +272,13 @@ class App:
         """The Generate controls' values."""
         return GenerateForm(self.prompt.value, self.model.value, self.negative_prompt.value,
                             self.aspect.value, self.width.value, self.height.value, self.steps.value,
-                            self.guidance.value, self.seed.value, self.num_images.value)
+                            self.guidance.value, self.seed.value, self.num_images.value,
+                            loras=[(name, weight.value) for name, (tick, weight)
+                                   in self.lora_rows.items() if tick.value],
+                            hires=self.hires.value, hires_scale=self.hires_scale.value,
+                            hires_strength=self.hires_strength.value,
+                            hires_upscaler=self.hires_upscaler.value,
+                            refine_strength=self.refine_strength.value)
 
     def generate_kwargs(self) -> dict:
         """What Generate passes to :func:`pipeline_lib.generate`, read from the controls."""
@@ -203,8 +289,17 @@ class App:
         if files:
             self.controller.upload(*files[0])
 
+    def _on_lora_upload(self, _change=None) -> None:
+        files = uploaded_files(self.lora_upload.value)
+        if files:
+            self.controller.upload_lora(*files[0])
+
     def _sync_size_fields(self) -> None:
         self.width.disabled = self.height.disabled = self.aspect.value != CUSTOM
+
+    def _sync_hires_fields(self) -> None:
+        for field in (self.hires_scale, self.hires_strength, self.hires_upscaler):
+            field.disabled = not self.hires.value
 
     @property
     def results(self):
@@ -231,8 +326,10 @@ class App:
                 f"<div style='color:#7a4b00;border-left:4px solid #d08c00;padding:2px 8px;"
                 f"white-space:normal'>note: {html.escape(n, quote=False)}</div>" for n in c.notes)
         elif what == "busy":
-            for b in (*self.buttons, self.upload):
+            for b in (*self.buttons, self.upload, self.lora_upload):
                 b.disabled = c.busy
+        elif what == "loras":
+            self._fill_loras()
         elif what == "results":
             self._render()
 

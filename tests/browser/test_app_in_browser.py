@@ -118,6 +118,10 @@ def _session(s: Session, out_dir: Path, artifacts: Path) -> None:
     page.goto(s.url, timeout=90_000)
     expect(app).to_be_visible(timeout=90_000)
     s.step("loaded")
+    # the LoRA picker, hires fix and refine controls are there (their right edges are checked
+    # with every other control's at 1280 and 1024 px below)
+    for css in (".pl-loras", ".pl-lora-upload", ".pl-hires", ".pl-hires-strength", ".pl-refine"):
+        expect(app.locator(css)).to_be_visible()
     s.fill(".pl-prompt", "astronaut portrait, studio light")
     s.fill(".pl-output-dir", str(out_dir))
     app.locator(".pl-generate").click()
