@@ -24,7 +24,7 @@ from .devices import resolve_device
 from .errors import InvalidParameterError
 from .gpu_support import unsupported_gpu_reason
 
-__all__ = ["usable_gpus", "resolve_devices", "split_counts", "device_scope", "run_on_devices",
+__all__ = ["usable_gpus", "resolve_devices", "choose_devices", "split_counts", "device_scope", "run_on_devices",
            "pipelined", "ProgressSum"]
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,18 @@ def resolve_devices(devices=None) -> list[str]:
     if not out:
         raise InvalidParameterError(f"devices is empty; {_HOW}.")
     return out
+
+
+def choose_devices(device, devices) -> list:
+    """What a call with both a ``device`` and a ``devices`` argument runs on: ``[device]``
+    (None: the best) when ``devices`` is None, else :func:`resolve_devices` of it; both at once
+    is an error."""
+    if devices is None:
+        return [device]
+    if device is not None:
+        raise InvalidParameterError("pass device= or devices=, not both (devices=['cuda:0', "
+                                    "'cuda:1'] runs on both GPUs).")
+    return resolve_devices(devices)
 
 
 def split_counts(total: int, parts: int) -> list[int]:

@@ -20,7 +20,7 @@ from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from ..heap import reuse_freed_memory
 from ..memory import prepare_vae
 from ..metadata import GENERATE_KEYS, format_parameters
-from ..multi_gpu import ProgressSum, resolve_devices, run_on_devices, split_counts
+from ..multi_gpu import ProgressSum, choose_devices, run_on_devices, split_counts
 from ..samplers import check_scheduler, scheduler_of
 from ..validation import check_callback, check_guidance, check_int, check_seed, check_text
 from ..version import __version__
@@ -236,21 +236,11 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
                 channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile, xformers=xformers)
     ask = dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                width=width, height=height, scheduler=scheduler, extras=extras)
-    devs = _devices(device, devices)
+    devs = choose_devices(device, devices)
     if len(devs) > 1 and num_images > 1:  # 2. split the batch over the devices
         return _split(ask, load, devs, seed, num_images, output_type, progress, on_progress)
     return _generate_on(ask, dict(load, device=devs[0]), seed, num_images, output_type,
                         progress, on_progress)
-
-
-def _devices(device, devices) -> list:
-    """[device] for one device (None: the best), or the checked ``devices`` list."""
-    if devices is None:
-        return [device]
-    if device is not None:
-        raise InvalidParameterError("pass device= or devices=, not both (devices=['cuda:0', "
-                                    "'cuda:1'] runs on both GPUs).")
-    return resolve_devices(devices)
 
 
 def _split(ask: dict, load: dict, devs: list, seed: int, num_images: int, output_type: str,
