@@ -93,6 +93,16 @@ def test_embedding_paths_are_refused_and_unknown_names_listed(live, name, match)
         assert "available: tinyemb" in err.message and "path" not in err.message
 
 
+def test_lora_names_never_reach_the_servers_working_directory(live, tmp_path, monkeypatch):
+    # resolve_lora() tries a name as a path first; the server must look in its LoRA folder only
+    (tmp_path / "cwdlora.safetensors").write_bytes(b"not read")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_LIB_LORA_DIR", str(tmp_path / "loras"))
+    err = _refused(live, loras=[{"name": "cwdlora.safetensors", "weight": 1.0}])
+    assert "LoRA 'cwdlora.safetensors' not found in" in err.message, err.message
+    assert "path" not in err.message
+
+
 def test_clip_skip_reaches_the_metadata(live):
     two = _gen(live, "a house", clip_skip=2)[0]
     assert "Clip skip: 2" in _params(two)

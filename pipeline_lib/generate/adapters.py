@@ -29,7 +29,7 @@ from ..hub import hub_access
 from ..outputs import atomic_output
 
 __all__ = ["LORA_SUFFIXES", "EMBEDDING_SUFFIXES", "lora_dir", "embeddings_dir", "resolve_lora",
-           "resolve_embedding", "embedding_by_name", "check_loras", "check_embeddings", "addnet_hash", "Applied",
+           "resolve_embedding", "embedding_by_name", "lora_by_name", "check_loras", "check_embeddings", "addnet_hash", "Applied",
            "applied"]
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,12 @@ def embedding_by_name(name: str) -> Path:
     and nowhere else: for callers that must not read arbitrary paths (the HTTP server)."""
     return _by_name(name, embeddings_dir(), EMBEDDING_SUFFIXES, "embedding",
                     "PIPELINE_LIB_EMBEDDINGS_DIR", instead="")
+
+
+def lora_by_name(name: str) -> Path:
+    """The file of LoRA ``name`` (with or without its suffix) in ``PIPELINE_LIB_LORA_DIR`` and
+    nowhere else (not the working directory, as :func:`resolve_lora` would try first)."""
+    return _by_name(name, lora_dir(), LORA_SUFFIXES, "LoRA", "PIPELINE_LIB_LORA_DIR", instead="")
 
 
 def addnet_hash(path: str | Path) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from ..compose import refine, refine_generated
 from ..errors import InvalidParameterError
 from ..generate import GeneratedImage, generate, get_preset, list_presets, load_pipeline
-from ..generate.adapters import embedding_by_name
+from ..generate.adapters import embedding_by_name, lora_by_name
 from ..generate.job import HIRES_LATENT, check_extras, check_hires_needs_scale, model_defaults
 from ..generate.passes import hires_dims
 from ..generate.pipeline import get_loaded
@@ -106,11 +106,12 @@ class Generation:
         steps = None if req.steps is None else check_int(
             req.steps, "steps", 1, self.limits.max_steps, hint="this server's --max-steps")
         guidance = None if req.guidance is None else check_guidance(req.guidance)
-        loras = tuple((ref.name, ref.weight) for ref in req.loras or ())
+        # by name in the server's folders only (absolute paths from here on): a request never
+        # makes the server read a path, not even one relative to its working directory
+        loras = tuple((str(lora_by_name(ref.name)), ref.weight) for ref in req.loras or ())
         hires = self._check_hires(req)
         # the library's rules (ranges, messages) on the workflow fields, before any waiting
         check_extras(clip_skip=req.clip_skip, **dict(hires))
-        # by name in the server's folder only: a request never makes the server read a path
         embeddings = tuple(str(embedding_by_name(name)) for name in req.embeddings or ())
         refine_strength = None if req.refine_strength is None else check_strength(
             req.refine_strength, "refine_strength")
