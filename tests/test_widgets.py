@@ -307,3 +307,14 @@ def test_hires_and_refine_controls(ui):
     assert [c.size for c in crops] == [(256, 256)] * 2
     refined = np.asarray(ui.results[0].refined.image.resize((256, 256), Image.Resampling.NEAREST))
     assert np.array_equal(np.asarray(crops[1].convert("RGB")), refined)
+
+
+def test_notebook_check_passes_on_the_app_and_raises_naming_the_failure(ui, tmp_path):
+    from pipeline_lib import notebook as nb
+
+    path = nb.check_upload_upscale_save(ui, side=16, folder=tmp_path / "check")
+    assert path == tmp_path / "check" / "astronaut-64x64.png" and Image.open(path).size == (64, 64)
+    assert ui.output_dir.value == str(tmp_path / "out")  # the app's own folder is put back
+    ui.upscaler.value = "4x-ultrasharp"  # not cached, downloads off: the upscale step fails
+    with pytest.raises(AssertionError, match="upscale with 4x-ultrasharp: got None.*WeightsError"):
+        nb.check_upload_upscale_save(ui, side=16, folder=tmp_path / "again")
