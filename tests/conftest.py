@@ -139,6 +139,7 @@ SLOW_TESTS: set[str] = {
     "test_widgets.py::test_bad_input_shows_message_and_app_keeps_working",
     "test_widgets.py::test_generate_upscale_save",
     "test_widgets.py::test_hires_and_refine_controls",
+    "test_widgets.py::test_notebook_check_passes_on_the_app_and_raises_naming_the_failure",
     "test_widgets.py::test_lora_ticked_in_the_picker_reaches_generate",
     "test_widgets_controller.py::test_lora_picked_in_the_app_reaches_generate",
     "test_widgets_controller.py::test_refine_after_upscale_shows_gan_and_refined_with_pixel_crops",
