@@ -2,7 +2,8 @@
 # A Colab- or Kaggle-shaped environment: torch already there, the runtime's own pins, then
 # pipeline_lib installed the way the notebooks' install cell does (non-editable `pip install`,
 # torch untouched). Checks that the install changed none of the pinned packages and that
-# colab_kaggle.ipynb runs in its offline test mode (generate, upload → upscale → save).
+# colab_kaggle.ipynb runs in its offline test mode (the app, then upload → upscale → save through
+# its own upload handler and buttons: nb.check_upload_upscale_save).
 #   .ci/runtime_env.sh colab|kaggle
 set -euo pipefail
 cd "$(dirname "$0")/.."

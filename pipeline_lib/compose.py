@@ -33,7 +33,7 @@ from .upscale.sizing import parse_size, target_size
 from .upscale.tiling import check_tiling, run_tiled, tile_layout
 from .validation import MAX_SEED, check_callback, check_int, check_seed, check_strength
 
-__all__ = ["text_to_image", "refine", "upscaler_options", "latent_handoff", "make_room",
+__all__ = ["text_to_image", "refine", "refine_generated", "upscaler_options", "latent_handoff", "make_room",
            "hires_pixel_upscale", "tile_seed", "UPSCALE_HEADROOM", "SD_LATENT_SPACE"]
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = D
                      generate_kwargs.get("progress", True), handoff) for gen in images]
     if refine_strength is None:
         return out
-    return [_refined(g, model, refine_strength, generate_kwargs) for g in out]
+    return [refine_generated(g, model, refine_strength, generate_kwargs) for g in out]
 
 
 def _upscaled(gen: GeneratedImage, upscaler, target, device, progress: bool,
@@ -217,17 +217,21 @@ def _pipelined(prompt: str, model, upscaler, target, strength, devs: list,
                 big = _upscaled(gen, upscaler, target, devs[1], progress)
                 if strength is None:
                     return big
-                return _refined(big, model, strength, dict(kwargs, device=devs[1]))
+                return refine_generated(big, model, strength, dict(kwargs, device=devs[1]))
 
         return pipelined(list(range(count)), produce, consume, devices=devs)
 
 
-def _refined(gen: GeneratedImage, model, strength: float, generate_kwargs: dict) -> GeneratedImage:
+def refine_generated(gen: GeneratedImage, model, strength: float, generate_kwargs: dict, *,
+                     steps: int | None = None) -> GeneratedImage:
+    """:func:`refine` over ``gen`` with its own prompt and seed and the settings of the
+    ``generate_kwargs`` that made it (model, LoRAs, embeddings...); ``params`` gain the
+    ``refine_*`` settings. ``steps`` None: the model's own."""
     keys = ("negative_prompt", "guidance", "scheduler", "loras", "embeddings", "clip_skip",
             "device", "memory", "dtype", "progress")
     opts = {k: generate_kwargs[k] for k in keys if k in generate_kwargs}
     ref = refine(gen.image, gen.params.get("prompt", ""), model=model, strength=strength,
-                 seed=gen.seed, **opts)
+                 seed=gen.seed, steps=steps, **opts)
     return GeneratedImage(ref.image, gen.seed, refined_params(gen.params, ref))
 
 

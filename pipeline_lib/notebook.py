@@ -22,7 +22,8 @@ from . import config
 
 __all__ = ["TEST_ENV", "test_mode", "environment", "system_report", "print_system",
            "fresh_versions", "changed_modules", "print_restart_advice",
-           "test_presets", "model_choices", "study_presets", "study_kwargs", "demo_image", "demo_prompt", "defaults"]
+           "test_presets", "model_choices", "study_presets", "study_kwargs", "demo_image", "demo_prompt", "defaults",
+           "check_upload_upscale_save"]
 
 TEST_ENV = "PIPELINE_LIB_NOTEBOOK_TEST"
 _ASSET = Path("assets") / "astronaut.png"
@@ -204,3 +205,61 @@ def demo_prompt(test: bool | None = None) -> str:
         return "astronaut portrait, studio light"
     return ("portrait photo of an astronaut in a white spacesuit, American flag behind, studio "
             "lighting, 85mm, sharp focus")
+
+
+def _app_problem(ui) -> str:
+    # the app's own message line (HTML) as plain text, for a failed check's error
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", " ", ui.message.value)).strip() or "no message"
+
+
+def check_upload_upscale_save(ui, side: int = 32, folder: str | Path | None = None) -> Path:
+    """Drive the app as a user would — upload a ``side``×``side`` crop of the demo photo, press
+    Upscale (to 4 × ``side``), press Save — and check the saved file; the notebooks' test mode
+    runs this so CI covers the whole path on Colab's and Kaggle's ipywidgets.
+
+    Saves into ``folder`` (default: a new temporary folder; the app's own folder is put back
+    after). Prints one line and returns the saved path; raises ``AssertionError`` naming what
+    differs (the app's message included) when any step goes wrong.
+    """
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    from .testing import simulate_upload
+
+    buf = io.BytesIO()
+    demo_image(side).save(buf, "PNG")
+    simulate_upload(ui, buf.getvalue(), "astronaut.png")
+    if [r.original.size for r in ui.results] != [(side, side)]:
+        raise AssertionError(f"upload: the app shows {[r.original.size for r in ui.results]}, "
+                             f"not one {side}×{side} picture ({_app_problem(ui)})")
+    model, want = ui.upscaler.value, (4 * side, 4 * side)
+    ui.target_size.value = str(4 * side)
+    ui.upscale_button.click()
+    got = ui.results[0].upscaled
+    if got is None or got.size != want:
+        raise AssertionError(f"upscale with {model}: got {got and got.size}, want {want} "
+                             f"({_app_problem(ui)})")
+    folder = Path(folder or tempfile.mkdtemp(prefix="pipeline_lib-check-"))
+    before, kept = len(ui.saved), ui.output_dir.value
+    ui.output_dir.value = str(folder)
+    try:
+        ui.save_button.click()
+    finally:
+        ui.output_dir.value = kept
+    new = ui.saved[before:]
+    if len(new) != 1 or new[0].parent != folder or not new[0].is_file():
+        raise AssertionError(f"save: expected one file in {folder}, the app saved {new} "
+                             f"({_app_problem(ui)})")
+    with Image.open(new[0]) as img:
+        found = (img.format, img.size, img.text.get("upscaler"), img.text.get("upscale_by"))
+    if found != ("PNG", want, model, "4"):
+        raise AssertionError(f"saved {new[0]}: (format, size, upscaler, upscale_by) = {found}, "
+                             f"want {('PNG', want, model, '4')}")
+    print(f"upload → upscale → save ok: astronaut.png {side}×{side} → {new[0].name} "
+          f"{want[0]}×{want[1]} with {model}, metadata recorded, in {folder}")
+    return new[0]

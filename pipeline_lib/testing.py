@@ -11,6 +11,10 @@ an LDM-layout checkpoint, SD-1.x and SDXL conditioning — is the one real model
 
 Everything is built once per folder (a finished folder is reused, also across processes) and the
 folder is written atomically, so parallel test workers never see half a pipeline.
+
+:func:`simulate_upload` picks a file in the notebook app's upload button as a browser would, on
+ipywidgets 7.x (Colab) and 8.x alike, so tests and the notebooks' test mode drive the app's real
+upload handler.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from . import config
 
 __all__ = ["tiny_sd_pipeline_dir", "tiny_sdxl_pipeline_dir", "tiny_sd_single_file",
            "tiny_sd_x4_upscaler_dir", "tiny_sd_x2_latent_upscaler_dir",
-           "tiny_sd_lora_bytes", "write_byte_level_tokenizer", "default_root"]
+           "tiny_sd_lora_bytes", "write_byte_level_tokenizer", "default_root",
+           "upload_value", "simulate_upload"]
 
 _LOCK = threading.Lock()
 #: Token ids the offline tokenizer and the tiny text encoders agree on.
@@ -383,3 +388,65 @@ def tiny_sd_single_file(root: str | os.PathLike | None = None) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return dest
+
+
+def upload_value(data: bytes, name: str, shape: int, mime: str | None = None):
+    """A ``FileUpload.value`` holding one file, in the shape ipywidgets ``shape`` (7 or 8) gives.
+
+    7.x (Colab's 7.7.1): a dict name → ``{"metadata": {"name", "type", "size", "lastModified"},
+    "content": bytes}``; 8.x: a tuple of dicts with ``name``, ``type``, ``size``, ``content``
+    (a memoryview) and ``last_modified`` (an aware datetime).
+    """
+    import datetime
+    import mimetypes
+    import time
+
+    data = bytes(data)
+    mime = mime if mime is not None else mimetypes.guess_type(name)[0] or ""
+    if shape == 7:
+        meta = {"name": name, "type": mime, "size": len(data), "lastModified": int(time.time() * 1000)}
+        return {name: {"metadata": meta, "content": data}}
+    if shape == 8:
+        from traitlets import Bunch  # what ipywidgets 8 itself builds: dict and attribute access
+
+        return (Bunch(name=name, type=mime, size=len(data), content=memoryview(data),
+                      last_modified=datetime.datetime.now(datetime.timezone.utc)),)
+    raise ValueError(f"shape must be 7 or 8 (the ipywidgets major version), got {shape!r}")
+
+
+def _installed_shape(widget) -> int:
+    # 7.x builds `value` from `metadata`, `data` and a `_counter` the browser bumps; 8.x has none
+    return 7 if widget.has_trait("_counter") else 8
+
+
+def simulate_upload(target, data: bytes, name: str, shape: int | None = None,
+                    mime: str | None = None) -> None:
+    """Pick the file ``name`` with bytes ``data`` in an upload button, as the browser does.
+
+    ``target`` is the notebook app (its image upload, ``app.upload``) or any ``FileUpload`` widget
+    (``app.lora_upload``). With ``shape`` None (or the installed ipywidgets' major version) the
+    widget gets the message its own front end sends — 7.x: ``metadata``/``data`` lists and a bumped
+    ``_counter``; 8.x: the ``value`` list — and builds its value itself, so every observer (the
+    app's upload handler) runs as after a real upload. With the other version's ``shape`` the
+    observers are called with a value of that shape (the widget keeps its own), which checks that
+    a handler reads both.
+
+    >>> simulate_upload(ui, Path("photo.png").read_bytes(), "photo.png")  # doctest: +SKIP
+    """
+    widget = getattr(target, "upload", target)
+    installed = _installed_shape(widget)
+    shape = shape or installed
+    value = upload_value(data, name, shape, mime)
+    if shape != installed:
+        from traitlets import Bunch
+
+        widget.notify_change(Bunch(name="value", old=widget.value, new=value, owner=widget,
+                                   type="change"))
+    elif installed == 7:
+        ((meta, content),) = ((v["metadata"], v["content"]) for v in value.values())
+        widget.set_state({"metadata": [meta], "data": [memoryview(content)],
+                          "_counter": widget._counter + 1})
+    else:  # the JSON the 8.x front end sends: last_modified in ms since the epoch
+        (item,) = value
+        widget.set_state({"value": [{**item, "last_modified":
+                                     int(item["last_modified"].timestamp() * 1000)}]})

@@ -54,3 +54,11 @@ def test_bad_arguments_exit_nonzero_with_reason(tmp_path, small_photo):
     r = cli("upscale", str(src), "-o", str(tmp_path), "--model", "nope-x4")
     assert r.returncode == 1 and "Unknown upscaler 'nope-x4'" in r.stderr
     assert not list(tmp_path.glob("*_upscaled*"))
+
+
+def test_hires_options_without_hires_scale_are_refused_not_ignored(tmp_path):
+    r = cli("generate", "a house", "-m", "tiny-random", "-o", str(tmp_path / "out"),
+            "--hires-strength", "0.3", "--hires-steps", "4")
+    assert r.returncode != 0
+    assert "hires_steps, hires_strength without hires_scale does nothing" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,6 @@
 """The notebook app driven as a user would: set values, click buttons, read what is shown."""
 from __future__ import annotations
 
-import datetime
 import io
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from PIL import Image
 pytest.importorskip("ipywidgets")
 
 import pipeline_lib as pl  # noqa: E402
+from pipeline_lib.testing import simulate_upload, upload_value  # noqa: E402
 from pipeline_lib.widgets.view import App, uploaded_files  # noqa: E402
 
 
@@ -23,23 +23,6 @@ def ui(tmp_path) -> App:
     a.width.value, a.height.value = 64, 64
     a.target_size.value = "128"
     return a
-
-
-def _upload(content: bytes, name: str) -> tuple[dict, ...]:
-    return ({"name": name, "type": "", "size": len(content), "content": memoryview(content),
-             "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
-
-
-def _send_upload(upload, content: bytes, name: str) -> None:
-    """What the browser sends when a file is picked: ipywidgets 8 a ``value`` list; 7.x (Colab's
-    7.7.1) ``metadata`` and ``data`` lists and a bumped ``_counter``, from which it builds value."""
-    if upload.has_trait("_counter"):
-        meta = {"name": name, "type": "image/png", "size": len(content), "lastModified": 0}
-        upload.set_state({"metadata": [meta], "data": [memoryview(content)],
-                          "_counter": upload._counter + 1})
-    else:
-        upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content),
-                                     "content": memoryview(content), "last_modified": 0}]})
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -119,7 +102,7 @@ def test_bad_input_shows_message_and_app_keeps_working(ui):
     ui.upscale_button.click()
     assert "nothing to upscale" in ui.message.value
 
-    _send_upload(ui.upload, b"this is not a picture", "notes.png")
+    simulate_upload(ui, b"this is not a picture", "notes.png")
     assert "not an image" in ui.message.value and "notes.png" in ui.message.value
     assert ui.results == []
 
@@ -159,7 +142,7 @@ def test_unexpected_error_is_one_line_with_folded_details(ui, monkeypatch):
 
 
 def test_upload_upscale_and_save(ui, small_photo):
-    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
+    simulate_upload(ui, _png_bytes(small_photo), "face.png")
     assert "⚠" not in ui.message.value, ui.message.value
     assert [im.size for im in ui.shown_images()] == [(48, 40)]
     ui.target_size.value = "96"
@@ -174,7 +157,7 @@ def test_upload_upscale_and_save(ui, small_photo):
 
 
 def test_zoom_crop_follows_sliders(ui, small_photo):
-    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
+    simulate_upload(ui, _png_bytes(small_photo), "face.png")
     ui.upscale_button.click()
     (before,) = ui.shown_crops()
     assert len(before) == 2
@@ -195,11 +178,24 @@ def test_app_is_reachable_from_the_package_and_the_widgets_package():
 
 def test_upload_value_of_ipywidgets_7_and_8(small_photo):
     data = _png_bytes(small_photo)
-    v8 = _upload(data, "face.png")
-    v7 = {"face.png": {"metadata": {"name": "face.png", "type": "image/png", "size": len(data),
-                                    "lastModified": 0}, "content": data}}
+    v7, v8 = upload_value(data, "face.png", 7), upload_value(data, "face.png", 8)
+    assert isinstance(v7, dict) and v7["face.png"]["metadata"]["type"] == "image/png"
+    assert isinstance(v8, tuple) and isinstance(v8[0]["content"], memoryview)
     assert uploaded_files(v8) == uploaded_files(v7) == [("face.png", data)]
     assert uploaded_files(()) == uploaded_files({}) == []
+    with pytest.raises(ValueError, match="shape must be 7 or 8"):
+        upload_value(data, "face.png", 9)
+
+
+@pytest.mark.parametrize("shape", [None, 7, 8])
+def test_simulated_upload_of_either_shape_reaches_the_app(ui, small_photo, shape):
+    # None: the installed ipywidgets' own message; 7 / 8: the app's handler given that shape
+    simulate_upload(ui, _png_bytes(small_photo), "C:\\photos\\face.png", shape=shape)
+    assert "⚠" not in ui.message.value, ui.message.value
+    assert [(r.name, r.original.size) for r in ui.results] == [("face", (48, 40))]
+    assert "uploaded face.png (48×40)" in ui.status.value
+    simulate_upload(ui, b"this is not a picture", "broken.png", shape=shape)
+    assert "broken.png" in ui.message.value and "not an image" in ui.message.value
 
 
 def test_controls_explain_themselves(ui):
@@ -226,7 +222,7 @@ def test_library_warning_and_progress_reach_the_view(ui):
 
 
 def test_picked_upscaler_is_used_or_its_error_shown(ui, small_photo):
-    _send_upload(ui.upload, _png_bytes(small_photo), "face.png")
+    simulate_upload(ui, _png_bytes(small_photo), "face.png")
     ui.upscaler.value = "4x-ultrasharp"  # not cached, downloads off
     ui.upscale_button.click()
     assert "WeightsError" in ui.message.value and "4x-UltraSharp.pth" in ui.message.value
@@ -255,13 +251,13 @@ def test_lora_upload_fills_the_picker_and_never_overwrites(lora_ui, tmp_path):
     ui, folder = lora_ui, tmp_path / "loras"
     first = save({"w": np.zeros((2, 2), np.float32)})  # any .safetensors: no model needed here
     assert ui.lora_rows == {} and "none in" in ui.lora_folder.value
-    _send_upload(ui.lora_upload, first, "grain.safetensors")
+    simulate_upload(ui.lora_upload, first, "grain.safetensors")
     assert "⚠" not in ui.message.value, ui.message.value
     assert (folder / "grain.safetensors").read_bytes() == first
     assert list(ui.lora_rows) == ["grain.safetensors"] and len(ui.lora_grid.children) == 1
     ui.lora_rows["grain.safetensors"][0].value = True
     # another file under the same name: refused, the first one kept, the ticked row kept
-    _send_upload(ui.lora_upload, save({"w": np.ones((2, 2), np.float32)}), "grain.safetensors")
+    simulate_upload(ui.lora_upload, save({"w": np.ones((2, 2), np.float32)}), "grain.safetensors")
     assert "OutputExistsError" in ui.message.value and "other content" in ui.message.value
     assert (folder / "grain.safetensors").read_bytes() == first
     assert ui.lora_rows["grain.safetensors"][0].value is True
@@ -311,3 +307,14 @@ def test_hires_and_refine_controls(ui):
     assert [c.size for c in crops] == [(256, 256)] * 2
     refined = np.asarray(ui.results[0].refined.image.resize((256, 256), Image.Resampling.NEAREST))
     assert np.array_equal(np.asarray(crops[1].convert("RGB")), refined)
+
+
+def test_notebook_check_passes_on_the_app_and_raises_naming_the_failure(ui, tmp_path):
+    from pipeline_lib import notebook as nb
+
+    path = nb.check_upload_upscale_save(ui, side=16, folder=tmp_path / "check")
+    assert path == tmp_path / "check" / "astronaut-64x64.png" and Image.open(path).size == (64, 64)
+    assert ui.output_dir.value == str(tmp_path / "out")  # the app's own folder is put back
+    ui.upscaler.value = "4x-ultrasharp"  # not cached, downloads off: the upscale step fails
+    with pytest.raises(AssertionError, match="upscale with 4x-ultrasharp: got None.*WeightsError"):
+        nb.check_upload_upscale_save(ui, side=16, folder=tmp_path / "again")

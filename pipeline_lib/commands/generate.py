@@ -70,6 +70,7 @@ def _lora(text: str) -> tuple[str, float]:
 def run(args: argparse.Namespace) -> int:
     from ..compose import text_to_image
     from ..generate import generate, size_for_aspect
+    from ..generate.job import check_hires_needs_scale
     from ..upscale.sizing import parse_size
 
     width = height = None
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                   progress=not getattr(args, "quiet", False))
     if args.devices:
         kwargs["devices"] = args.devices
+    check_hires_needs_scale(args.hires_scale, hires_strength=args.hires_strength,
+                            hires_steps=args.hires_steps, hires_upscaler=args.hires_upscaler)
     # the workflow options given on the command line; the rest keep generate()'s defaults
     kwargs.update({k: v for k in ("loras", "embeddings", "clip_skip", "hires_scale",
                                   "hires_strength", "hires_steps", "hires_upscaler")

@@ -29,7 +29,7 @@ from ..hub import hub_access
 from ..outputs import atomic_output
 
 __all__ = ["LORA_SUFFIXES", "EMBEDDING_SUFFIXES", "lora_dir", "embeddings_dir", "resolve_lora",
-           "resolve_embedding", "check_loras", "check_embeddings", "addnet_hash", "Applied",
+           "resolve_embedding", "embedding_by_name", "lora_by_name", "check_loras", "check_embeddings", "addnet_hash", "Applied",
            "applied"]
 
 log = logging.getLogger(__name__)
@@ -94,17 +94,21 @@ def _download(url: str, folder: Path) -> Path:
     return dest
 
 
-def _by_name(name: str, folder: Path, suffixes, what: str, setting: str) -> Path:
+_INSTEAD = "Pass a file path, a Hub repo id or a URL instead."
+
+
+def _by_name(name: str, folder: Path, suffixes, what: str, setting: str,
+             instead: str = _INSTEAD) -> Path:
     if Path(name).name != name or name.startswith("."):  # `<lora:../../x:1>` stays in the folder
         raise InvalidParameterError(f"{what} name {name!r} is not a file name in {folder} "
-                                    f"({setting}); pass a path, a Hub repo id or a URL instead.")
+                                    f"({setting}). {instead}".rstrip())
     for cand in [folder / name] + [folder / f"{name}{s}" for s in suffixes]:
         if cand.is_file():
             return cand
     known = sorted(p.stem for p in folder.glob("*") if p.suffix in suffixes) if folder.is_dir() else []
     raise UnknownModelError(f"{what} {name!r} not found in {folder} ({setting}); "
                             f"{'available: ' + ', '.join(known) if known else 'that folder has none'}. "
-                            "Pass a file path, a Hub repo id or a URL instead.")
+                            f"{instead}".rstrip())
 
 
 def resolve_lora(source: str) -> tuple[str, dict, str]:
@@ -134,6 +138,19 @@ def resolve_embedding(source: str) -> tuple[Path, str]:
         path = _by_name(source, embeddings_dir(), EMBEDDING_SUFFIXES, "embedding",
                         "PIPELINE_LIB_EMBEDDINGS_DIR")
     return path, path.stem
+
+
+def embedding_by_name(name: str) -> Path:
+    """The file of embedding ``name`` (with or without its suffix) in ``PIPELINE_LIB_EMBEDDINGS_DIR``
+    and nowhere else: for callers that must not read arbitrary paths (the HTTP server)."""
+    return _by_name(name, embeddings_dir(), EMBEDDING_SUFFIXES, "embedding",
+                    "PIPELINE_LIB_EMBEDDINGS_DIR", instead="")
+
+
+def lora_by_name(name: str) -> Path:
+    """The file of LoRA ``name`` (with or without its suffix) in ``PIPELINE_LIB_LORA_DIR`` and
+    nowhere else (not the working directory, as :func:`resolve_lora` would try first)."""
+    return _by_name(name, lora_dir(), LORA_SUFFIXES, "LoRA", "PIPELINE_LIB_LORA_DIR", instead="")
 
 
 def addnet_hash(path: str | Path) -> str:

@@ -14,12 +14,14 @@ from .pipeline import Loaded
 from .presets import resolve_size
 from .prompts import encode_prompts, extract_lora_tags, needs_encoder, parse_attention, plain_text
 
-__all__ = ["Job", "Hires", "Extras", "check_extras", "fill_defaults", "conditioning",
-           "generators", "step_callback", "MAX_CLIP_SKIP", "HIRES_LATENT"]
+__all__ = ["Job", "Hires", "Extras", "check_extras", "check_hires_needs_scale", "fill_defaults",
+           "model_defaults", "conditioning", "generators", "step_callback", "MAX_CLIP_SKIP",
+           "MAX_HIRES_SCALE", "HIRES_LATENT"]
 
 log = logging.getLogger(__name__)
 
 MAX_CLIP_SKIP = 12
+MAX_HIRES_SCALE = 4.0
 HIRES_LATENT = "latent"
 
 
@@ -52,7 +54,7 @@ def check_extras(loras=None, embeddings=None, clip_skip=None, hires_scale=None,
     if hires_scale is not None and float(hires_scale) != 1.0:
         from ..validation import check_float
 
-        scale = check_float(hires_scale, "hires_scale", 1.0, 4.0, low_open=True,
+        scale = check_float(hires_scale, "hires_scale", 1.0, MAX_HIRES_SCALE, low_open=True,
                             hint="1.5-2 is usual")
         strength = check_strength(hires_strength, "hires_strength")
         steps = None if hires_steps in (None, 0) else check_int(hires_steps, "hires_steps", 1, 1000)
@@ -61,6 +63,16 @@ def check_extras(loras=None, embeddings=None, clip_skip=None, hires_scale=None,
                                         f"(see list_upscalers()), got {hires_upscaler!r}.")
         hires = Hires(scale, strength, steps, hires_upscaler.strip())
     return Extras(check_loras(loras), check_embeddings(embeddings), clip_skip, hires)
+
+
+def check_hires_needs_scale(hires_scale, **hires_fields) -> None:
+    """``hires_strength``/``hires_steps``/``hires_upscaler`` act only with ``hires_scale``: a front
+    end that passes only what its user set refuses them alone instead of ignoring them silently."""
+    given = sorted(k for k, v in hires_fields.items() if v is not None)
+    if hires_scale is None and given:
+        raise InvalidParameterError(f"{', '.join(given)} without hires_scale does nothing; set "
+                                    "hires_scale (e.g. 2) to turn the hires fix on, or leave "
+                                    f"{'them' if len(given) > 1 else 'it'} out.")
 
 
 @dataclass
@@ -86,7 +98,8 @@ class Job:
         return self.extras.loras + self.tag_loras
 
 
-def _model_defaults(loaded: Loaded) -> tuple[tuple[int, int], int]:
+def model_defaults(loaded: Loaded) -> tuple[tuple[int, int], int]:
+    """((width, height) when none is asked for, the multiple sizes round to)."""
     preset, pipe = loaded.preset, loaded.pipe
     if preset is not None:
         return preset.size, preset.multiple
@@ -97,7 +110,7 @@ def _model_defaults(loaded: Loaded) -> tuple[tuple[int, int], int]:
 def fill_defaults(loaded: Loaded, prompt: str, negative_prompt, steps, guidance, width, height,
                   scheduler, seed: int, num_images: int, extras: Extras | None = None) -> Job:
     preset = loaded.preset
-    default_size, multiple = _model_defaults(loaded)
+    default_size, multiple = model_defaults(loaded)
     w, h = resolve_size(width, height, default_size, multiple)
     steps = steps if steps is not None else (preset.steps if preset else 30)
     if preset and not preset.step_range[0] <= steps <= preset.step_range[1]:

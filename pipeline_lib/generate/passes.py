@@ -17,7 +17,7 @@ from .job import HIRES_LATENT, Job, generators, step_callback
 from .pipeline import Loaded
 
 __all__ = ["register_pixel_upscaler", "pixel_upscaler", "img2img_pipe", "run_img2img",
-           "hires_size", "hires_run_steps", "hires_pass", "load_controlnet", "CONTROLNET_TILE"]
+           "hires_size", "hires_dims", "hires_run_steps", "hires_pass", "load_controlnet", "CONTROLNET_TILE"]
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,14 @@ def run_img2img(loaded: Loaded, cond: dict, image, *, strength: float, steps: in
         return pipe(**kwargs).images
 
 
+def hires_dims(width: int, height: int, scale: float) -> tuple[int, int]:
+    """``scale`` × (``width``, ``height``), rounded to the VAE's multiple of 8."""
+    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+
+
 def hires_size(job: Job) -> tuple[int, int]:
     """The hires pass's size: scale × base, rounded to the VAE's multiple of 8."""
-    scale = job.extras.hires.scale
-    return (max(8, round(job.width * scale / 8) * 8), max(8, round(job.height * scale / 8) * 8))
+    return hires_dims(job.width, job.height, job.extras.hires.scale)
 
 
 def hires_run_steps(job: Job) -> int:

@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..compose import refine, refine_generated
 from ..errors import InvalidParameterError
-from ..generate import generate, get_preset, list_presets, load_pipeline
+from ..generate import GeneratedImage, generate, get_preset, list_presets, load_pipeline
+from ..generate.adapters import embedding_by_name, lora_by_name
+from ..generate.job import HIRES_LATENT, check_extras, check_hires_needs_scale, model_defaults
+from ..generate.passes import hires_dims
+from ..generate.pipeline import get_loaded
 from ..images import encode_image
-from ..upscale.sizing import parse_size
-from ..validation import check_guidance, check_int, check_seed
+from ..presentation import upscaled_params
+from ..upscale.registry import MODELS
+from ..upscale.sizing import parse_size, working_canvas
+from ..validation import check_guidance, check_int, check_seed, check_strength
 from .limits import ServerLimits
 from .schemas import GenerationRequest
 from .service import check_n, check_response_format, not_served
@@ -38,6 +45,14 @@ class GenerationJob:
     guidance: float | None
     negative_prompt: str | None
     loras: tuple[tuple[str, float], ...] = ()
+    embeddings: tuple[str, ...] = ()  # files in the server's embeddings folder
+    clip_skip: int | None = None
+    hires: tuple[tuple[str, Any], ...] = ()  # the hires_* fields given, for generate()
+    refine_strength: float | None = None
+
+    @property
+    def hires_scale(self) -> float | None:
+        return dict(self.hires).get("hires_scale")
 
 
 def _looks_like_a_preset(model: str) -> bool:
@@ -91,15 +106,81 @@ class Generation:
         steps = None if req.steps is None else check_int(
             req.steps, "steps", 1, self.limits.max_steps, hint="this server's --max-steps")
         guidance = None if req.guidance is None else check_guidance(req.guidance)
-        loras = tuple((ref.name, ref.weight) for ref in req.loras or ())
+        # by name in the server's folders only (absolute paths from here on): a request never
+        # makes the server read a path, not even one relative to its working directory
+        loras = tuple((str(lora_by_name(ref.name)), ref.weight) for ref in req.loras or ())
+        hires = self._check_hires(req)
+        # the library's rules (ranges, messages) on the workflow fields, before any waiting
+        check_extras(clip_skip=req.clip_skip, **dict(hires))
+        embeddings = tuple(str(embedding_by_name(name)) for name in req.embeddings or ())
+        refine_strength = None if req.refine_strength is None else check_strength(
+            req.refine_strength, "refine_strength")
         return GenerationJob(req.prompt, n, check_seed(req.seed, n), width, height, steps,
-                             guidance, req.negative_prompt, loras)
+                             guidance, req.negative_prompt, loras, embeddings, req.clip_skip,
+                             hires, refine_strength)
+
+    def _check_hires(self, req: GenerationRequest) -> tuple[tuple[str, Any], ...]:
+        fields = {"hires_strength": req.hires_strength, "hires_steps": req.hires_steps,
+                  "hires_upscaler": req.hires_upscaler}
+        check_hires_needs_scale(req.hires_scale, **fields)
+        upscaler = req.hires_upscaler
+        if upscaler is not None and upscaler.strip().lower() not in (HIRES_LATENT, *MODELS):
+            raise InvalidParameterError(
+                f"hires_upscaler must be {HIRES_LATENT!r} or an upscaler name (GET /v1/models: "
+                f"'available', e.g. realesrgan-x4plus), got {upscaler!r}; this server reads no "
+                "paths or URLs.")
+        if req.hires_steps is not None:
+            check_int(req.hires_steps, "hires_steps", 1, self.limits.max_steps,
+                      hint="this server's --max-steps")
+        given = {"hires_scale": req.hires_scale, **fields}
+        return tuple((k, v.strip().lower() if k == "hires_upscaler" else v)
+                     for k, v in given.items() if v is not None)
+
+    def _check_hires_size(self, job: GenerationJob) -> None:
+        """The hires fix's output (and a pixel upscaler's working canvas) within the server's
+        pixel limit; runs on the device thread, where the pipeline (and its default size) is."""
+        scale = job.hires_scale
+        if scale is None or float(scale) == 1.0:
+            return
+        (w, h), _multiple = model_defaults(get_loaded(self.model, **self._options))
+        w, h = job.width or w, job.height or h
+        out = hires_dims(w, h, float(scale))
+        spec = MODELS.get(str(dict(job.hires).get("hires_upscaler", HIRES_LATENT)))
+        canvas = working_canvas(w, h, out, spec.scale) if spec is not None else out
+        limit = self.limits.max_output_pixels
+        if canvas[0] * canvas[1] > limit:
+            raise InvalidParameterError(
+                f"hires_scale={scale:g} makes a {w}×{h} picture {out[0]}×{out[1]}"
+                f"{f' (a {canvas[0]}×{canvas[1]} canvas for {spec.name})' if canvas != out else ''}"
+                f"; this server generates at most {limit:,} pixels (--max-output-pixels). Ask for "
+                "a smaller hires_scale or size.")
+
+    def _generate_kwargs(self, job: GenerationJob) -> dict[str, Any]:
+        return {"model": self.model, "negative_prompt": job.negative_prompt,
+                "steps": job.steps, "guidance": job.guidance, "width": job.width,
+                "height": job.height, "seed": job.seed, "num_images": job.n,
+                "loras": list(job.loras) or None, "embeddings": list(job.embeddings) or None,
+                "clip_skip": job.clip_skip, **dict(job.hires), **self._options}
 
     def infer(self, job: GenerationJob) -> list:
-        return generate(job.prompt, model=self.model, negative_prompt=job.negative_prompt,
-                        steps=job.steps, guidance=job.guidance, width=job.width,
-                        height=job.height, seed=job.seed, num_images=job.n,
-                        loras=list(job.loras) or None, **self._options)
+        self._check_hires_size(job)
+        kwargs = self._generate_kwargs(job)
+        images = generate(job.prompt, **kwargs)
+        if job.refine_strength is None:
+            return images
+        return [refine_generated(img, self.model, job.refine_strength, kwargs, steps=job.steps)
+                for img in images]
+
+    def refine_upscaled(self, results, prompt: str, strength: float, seeds: list[int]) -> list:
+        """The upscale route's refine: each upscaled picture (one result used for all ``seeds``
+        when the upscaler is deterministic) repainted with this model, same size."""
+        results = results * len(seeds) if len(results) == 1 else results
+        out = []
+        for res, seed in zip(results, seeds):
+            ref = refine(res.image, prompt, model=self.model, strength=strength, seed=seed,
+                         **self._options)
+            out.append(GeneratedImage(ref.image, seed, upscaled_params(ref.params, res)))
+        return out
 
     @staticmethod
     def encode(images) -> list[str]:

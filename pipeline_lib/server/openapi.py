@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ..generate.job import MAX_CLIP_SKIP, MAX_HIRES_SCALE
 from ..upscale.sizing import MAX_SCALE
 from ..validation import MAX_GUIDANCE, MAX_SEED
 from .auth import OPEN_PATHS, AccessPolicy
@@ -17,12 +18,18 @@ __all__ = ["document"]
 
 
 def _ranges(limits: ServerLimits) -> dict[str, dict]:
+    strength = {"exclusiveMinimum": 0, "maximum": 1}
     return {"n": {"minimum": 1, "maximum": limits.max_n},
             "steps": {"minimum": 1, "maximum": limits.max_steps},
             "seed": {"minimum": 0, "maximum": MAX_SEED},
             "guidance": {"minimum": 0, "maximum": MAX_GUIDANCE},
             "guidance_scale": {"minimum": 0, "maximum": MAX_GUIDANCE},
-            "scale": {"exclusiveMinimum": 0, "maximum": MAX_SCALE}}
+            "scale": {"exclusiveMinimum": 0, "maximum": MAX_SCALE},
+            "clip_skip": {"minimum": 1, "maximum": MAX_CLIP_SKIP},
+            # 1 is "off"; the output must also fit --max-output-pixels (checked per request)
+            "hires_scale": {"minimum": 1, "maximum": MAX_HIRES_SCALE},
+            "hires_strength": strength, "refine_strength": strength,
+            "hires_steps": {"minimum": 1, "maximum": limits.max_steps}}
 
 
 def _add_ranges(schema: dict, limits: ServerLimits) -> None:

@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 UPSCALE_USAGE = ("Send multipart/form-data with an 'image' file and optional fields prompt, n, "
-                 "guidance (or guidance_scale), model, scale, size, seed, response_format.")
+                 "guidance (or guidance_scale), model, scale, size, seed, response_format, "
+                 "refine_strength.")
 GENERATE_USAGE = ("Send JSON with 'prompt' and optional n, size ('WxH'), response_format "
-                  "('b64_json'), model, negative_prompt, seed, steps, guidance, user.")
+                  "('b64_json'), model, negative_prompt, seed, steps, guidance, user, loras, "
+                  "embeddings, clip_skip, hires_scale, hires_strength, hires_steps, "
+                  "hires_upscaler, refine_strength.")
 _ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 401, 413, 422, 429, 500, 503)}
 _META_ERRORS = {s: ERROR_RESPONSES[s] for s in (401, 429, 500)}
 
@@ -47,12 +50,24 @@ async def upscale_image(
     size: str | None = Form(None, description="'N' (long side) or 'WxH'"),
     seed: int | None = Form(None, description="diffusion upscalers only; image i uses seed+i"),
     response_format: str = Form("b64_json", description="only 'b64_json'"),
+    refine_strength: float | None = Form(None, description="then repaint the upscaled picture "
+                                         "tile by tile with the generation model at this "
+                                         "strength, guided by prompt (needs --generate-model)"),
 ) -> JSONResponse:
     service, upscaling = request.app.state.service, request.app.state.upscaling
+    generation = request.app.state.generation
+    if refine_strength is not None and generation is None:
+        raise ApiError(422, "invalid_parameter", "refine_strength refines with the generation "
+                       "model, and this server has none; start it with --generate-model "
+                       "PRESET|REPO|FOLDER|FILE, or leave refine_strength out.",
+                       param="refine_strength", code="generation_disabled")
     job = upscaling.check_fields(n=n, guidance=guidance, guidance_scale=guidance_scale,
                                  model=model, scale=scale, size=size, seed=seed, prompt=prompt,
-                                 response_format=response_format)
+                                 response_format=response_format, refine_strength=refine_strength)
     async with service.admitted("upscale"):
+        refined = None
+        if job.refine_strength is not None:
+            service.slots["generate"].require_ready()
         up = service.slots["upscale"].model
         arr, meta = await service.in_thread(upscaling.read_upload, image)
         h, w = arr.shape[:2]
@@ -60,7 +75,10 @@ async def upscale_image(
         t0 = time.perf_counter()
         results = await service.on_device(upscaling.infer, up, arr, job)
         del arr
-        data = await service.in_thread(upscaling.encode, results, meta, job)
+        if job.refine_strength is not None:
+            refined = await service.on_device(generation.refine_upscaled, results, job.prompt,
+                                              job.refine_strength, job.refine_seeds())
+        data = await service.in_thread(upscaling.encode, results, meta, job, refined)
     log.info("upscaled %s %dx%d → %dx%d, n=%d, %.2fs", image.filename, w, h, *results[0].size,
              job.n, time.perf_counter() - t0)
     return _images(data)

@@ -5,9 +5,9 @@ clients raise their usual typed exceptions.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = ["ErrorDetail", "ErrorResponse", "ImageData", "ImagesResponse", "GenerationRequest",
            "ModelRow", "ModelList", "Health", "GenerationHealth"]
@@ -33,12 +33,17 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
 
 
+#: A file name in one of the server's folders: no separators, no leading dot (no paths).
+FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_. -]*$"
+FileName = Annotated[str, StringConstraints(pattern=FILE_NAME, max_length=200)]
+
+
 class LoraRef(BaseModel):
     """A LoRA of the server's LoRA folder, by file name (no paths: requests read no other file)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_. -]*$", max_length=200)
+    name: FileName
     weight: float = Field(1.0, ge=-10, le=10)
 
 
@@ -64,6 +69,27 @@ class GenerationRequest(BaseModel):
                                                         "(default: the preset's)")
     loras: Optional[list[LoraRef]] = Field(None, description="LoRAs by file name in the "
                                            "server's LoRA folder (PIPELINE_LIB_LORA_DIR)")
+    # The ranges of the fields below are published by openapi.py and checked by the library
+    # (its messages), not by pydantic.
+    embeddings: Optional[list[FileName]] = Field(
+        None, max_length=16, description="textual-inversion embeddings by file name in the "
+        "server's embeddings folder (PIPELINE_LIB_EMBEDDINGS_DIR); each acts where its token "
+        "(the file's stem) is in a prompt")
+    clip_skip: Optional[int] = Field(None, strict=True, description="A1111's Clip skip: 1 = the "
+                                     "last layer (off), 2 = the one before")
+    hires_scale: Optional[float] = Field(None, description="hires fix: generate at the base size, "
+                                         "enlarge this much and repaint; output pixels stay "
+                                         "within --max-output-pixels")
+    hires_strength: Optional[float] = Field(None, description="hires fix denoising strength "
+                                            "(default 0.35); needs hires_scale")
+    hires_steps: Optional[int] = Field(None, strict=True, description="hires fix steps (default: "
+                                       "steps); needs hires_scale")
+    hires_upscaler: Optional[str] = Field(None, max_length=100, description="'latent' (default) "
+                                          "or an upscaler name (GET /v1/models lists them; no "
+                                          "paths or URLs); needs hires_scale")
+    refine_strength: Optional[float] = Field(None, description="after generating, repaint each "
+                                             "picture tile by tile at this strength (A1111's "
+                                             "Ultimate SD upscale)")
 
 
 class ModelRow(BaseModel):

@@ -17,7 +17,7 @@ from ..upscale.backends import run_options
 from ..upscale.registry import MODELS, ModelSpec, get_spec
 from ..upscale.sizing import check_scale, parse_size, target_size, working_canvas
 from ..upscale.tiling import check_tiling
-from ..validation import check_guidance, check_seed
+from ..validation import check_guidance, check_seed, check_strength
 from .limits import ServerLimits
 from .service import check_n, check_response_format, not_served
 
@@ -37,6 +37,14 @@ class UpscaleJob:
     guidance: float | None
     seed: int | None
     seeds: list[int] = field(default_factory=list)  # per image, filled for sampling upscalers
+    refine_strength: float | None = None  # then each result is refined by the generation model
+
+    def refine_seeds(self) -> list[int]:
+        """Image i's refine seed: the sampling upscaler's seed + i, else (random) seed + i."""
+        if self.seeds:
+            return list(self.seeds)
+        base = check_seed(self.seed, self.n)
+        return [base + i for i in range(self.n)]
 
 
 class Upscaling:
@@ -74,7 +82,8 @@ class Upscaling:
         return up
 
     def check_fields(self, *, n, guidance, guidance_scale, model: str | None, scale, size,
-                     seed, prompt: str, response_format: str | None) -> UpscaleJob:
+                     seed, prompt: str, response_format: str | None,
+                     refine_strength=None) -> UpscaleJob:
         """The request's fields as a job (``guidance_scale`` is the original contract's name)."""
         n = check_n(n, self.limits)
         if guidance is not None and guidance_scale is not None and guidance != guidance_scale:
@@ -91,8 +100,11 @@ class Upscaling:
             raise InvalidParameterError("give either scale or size, not both.")
         if seed is not None:
             seed = check_seed(seed, n)
+        if refine_strength is not None:
+            refine_strength = check_strength(refine_strength, "refine_strength")
         return UpscaleJob(n, check_scale(scale) if scale is not None else None,
-                          parse_size(size) if size else None, prompt, guidance, seed)
+                          parse_size(size) if size else None, prompt, guidance, seed,
+                          refine_strength=refine_strength)
 
     def _check_model(self, wanted: str) -> None:
         if wanted.lower() == self.served.lower() or wanted == self.model:
@@ -148,15 +160,22 @@ class Upscaling:
         return [upscale(arr, self.served, scale=job.scale, size=job.size, **opts)]
 
     @staticmethod
-    def encode(results, meta, job: UpscaleJob) -> list[str]:
+    def encode(results, meta, job: UpscaleJob, refined=None) -> list[str]:
+        """``refined`` (GeneratedImages, one per image): their pixels and A1111 ``parameters``
+        (the refine's prompt, model, seed and settings plus the upscale) replace the results'."""
         extra = {k: str(v) for k, v in (("upscale_prompt", job.prompt),
                                         ("upscale_guidance", job.guidance),
                                         ("upscale_seed", job.seed)) if v not in (None, "")}
         out = []
-        for i, res in enumerate(results):
+        for res in results:
             res.source_metadata = dict(meta.info)
+        for i, item in enumerate(refined or results):
+            res = results[i] if len(results) > 1 else results[0]
             seed = {"upscale_seed": str(job.seeds[i])} if job.seeds else {}
-            png = encode_image(res.image, "PNG", {**res.as_metadata(), **extra, **seed})
+            chunks = {**res.as_metadata(), **extra, **seed}
+            if refined:
+                chunks["parameters"] = item.parameters_text()
+            png = encode_image(item.image, "PNG", chunks)
             out.append(base64.b64encode(png).decode("ascii"))
         return (out * job.n)[:job.n] if len(out) == 1 else out
 

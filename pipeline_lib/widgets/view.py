@@ -284,13 +284,15 @@ class App:
         """What Generate passes to :func:`pipeline_lib.generate`, read from the controls."""
         return self.controller.generate_kwargs(self.form())
 
-    def _on_upload(self, _change=None) -> None:
-        files = uploaded_files(self.upload.value)
+    # the change's value, not the widget's: the value handed over is what is read, in either
+    # ipywidgets shape (pipeline_lib.testing.simulate_upload hands 7.x's to 8.x and back)
+    def _on_upload(self, change) -> None:
+        files = uploaded_files(change["new"])
         if files:
             self.controller.upload(*files[0])
 
-    def _on_lora_upload(self, _change=None) -> None:
-        files = uploaded_files(self.lora_upload.value)
+    def _on_lora_upload(self, change) -> None:
+        files = uploaded_files(change["new"])
         if files:
             self.controller.upload_lora(*files[0])
 
