@@ -3,7 +3,8 @@
 ``python -m pipeline_lib models`` prints it. ``offline`` says whether a model runs without the
 network now: ``bundled`` (shipped with pipeline_lib or a pip package it installs), ``cached``
 (downloaded before), ``local`` (a preset pointing at a file or folder on this machine) or
-``download`` (fetched on first use).
+``download`` (fetched on first use). ``gpu_peak`` is a preset's planned GPU memory peak (fp16,
+balanced profile, default size; see :func:`pipeline_lib.refine_plan.generation_peak_bytes`).
 
 >>> rows = model_table()
 >>> [r for r in rows if r["name"] == "espcn-x2"][0]["offline"]
@@ -23,7 +24,7 @@ from .upscale.weights import weights_available
 __all__ = ["COLUMNS", "model_table"]
 
 #: Column order of :func:`model_table` rows.
-COLUMNS = ("name", "kind", "scale", "backends", "offline", "license")
+COLUMNS = ("name", "kind", "scale", "backends", "offline", "gpu_peak", "license")
 
 _HUB = "https://huggingface.co/"
 
@@ -33,11 +34,15 @@ def model_table() -> list[dict[str, str]]:
     a preset's ``scale`` column holds its default size."""
     rows = [{"name": r["name"], "kind": "upscale", "scale": f"x{r['output_scale']:g}",
              "backends": ", ".join(r["backends"]), "offline": _upscaler_offline(r),
-             "license": r["license"]} for r in list_upscalers()]
+             "gpu_peak": "-", "license": r["license"]} for r in list_upscalers()]
     rows += [{"name": p["name"], "kind": "generate", "scale": "{}x{}".format(*p["size"]),
               "backends": "diffusers", "offline": _repo_offline(p["repo"]),
-              "license": p.get("license") or "see the model card"} for p in list_presets()]
+              "gpu_peak": _gib(p["planned_peak_gib"]), "license": p.get("license") or "see the model card"} for p in list_presets()]
     return rows
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} GiB"
 
 
 def _upscaler_offline(row: dict) -> str:

@@ -20,9 +20,10 @@ import numpy as np
 
 from . import devices
 from .errors import BackendUnavailableError, InvalidParameterError, WeightsError
-from .generate import (DEFAULT_PRESET, GeneratedImage, as_rgb, current_pipeline, generate,
-                       img2img_session, move_off_gpu, register_pixel_upscaler)
-from .generate.pipeline import get_loaded
+from .generate import (DEFAULT_PRESET, MAX_IMAGES, GeneratedImage, as_rgb, current_pipeline,
+                       generate, img2img_session, move_off_gpu, register_pixel_upscaler)
+from .generate.pipeline import get_loaded, pipeline_slot
+from .multi_gpu import ProgressSum, choose_devices, pipelined
 from .presentation import refined_params
 from .refine_plan import refine_memory_plan
 from .upscale import (DEFAULT_UPSCALER, ModelSpec, UpscaleResult, load_upscaler, resolve_model,
@@ -30,7 +31,7 @@ from .upscale import (DEFAULT_UPSCALER, ModelSpec, UpscaleResult, load_upscaler,
 from .upscale.pixels import from_float, resize
 from .upscale.sizing import parse_size, target_size
 from .upscale.tiling import check_tiling, run_tiled, tile_layout
-from .validation import MAX_SEED, check_seed, check_strength
+from .validation import MAX_SEED, check_callback, check_int, check_seed, check_strength
 
 __all__ = ["text_to_image", "refine", "refine_generated", "upscaler_options", "latent_handoff", "make_room",
            "hires_pixel_upscale", "tile_seed", "UPSCALE_HEADROOM", "SD_LATENT_SPACE"]
@@ -140,7 +141,7 @@ def make_room() -> None:
 
 def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = DEFAULT_UPSCALER,
                   size: int | tuple[int, int] | str = 2048, refine_strength: float | None = None,
-                  **generate_kwargs) -> list[GeneratedImage]:
+                  devices=None, **generate_kwargs) -> list[GeneratedImage]:
     """Generate, then upscale each picture to ``size``: an int is the long side (aspect kept:
     512×768 → 1365×2048), ``(w, h)`` is exact. A diffusion upscaler (sd-x4, sd-x2-latent) gets
     the image's prompt and seed; ``upscaler="sd-x2-latent"`` after an SD-1.x/2.x model takes the
@@ -150,6 +151,11 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = D
     model, LoRAs and seed): GAN sharpness plus diffusion texture. Each
     result's ``params`` adds upscaler, upscale_by and upscale_size (and the refine settings);
     ``generate(**result.generate_kwargs())`` re-makes the un-upscaled picture.
+
+    ``devices=["cuda:0", "cuda:1"]`` (or ``"auto"`` on Kaggle's T4 ×2): generation runs on the
+    first device and upscaling (and refining) on the second, pipelined: while image *k* is
+    upscaled, image *k+1* is generated (each image alone, seed + i; pictures decoded, no latent
+    hand-off). One device: as without ``devices``.
 
     >>> out = text_to_image("a red fox in snow", model="sdxl-turbo", size=2048)[0]  # doctest: +SKIP
     >>> out.image.size                                                           # doctest: +SKIP
@@ -161,25 +167,59 @@ def text_to_image(prompt: str, *, model: str = DEFAULT_PRESET, upscaler: str = D
     resolve_model(upscaler)  # an unknown upscaler fails now, not after minutes of generation
     if refine_strength is not None:
         check_strength(refine_strength, "refine_strength")
-    progress = generate_kwargs.get("progress", True)
-    device = generate_kwargs.get("device")
+    devs = choose_devices(generate_kwargs.pop("device", None), devices)
+    if len(devs) > 1:
+        return _pipelined(prompt, model, upscaler, target, refine_strength, devs[:2],
+                          generate_kwargs)
+    generate_kwargs["device"] = devs[0]
     handoff = latent_handoff(model, upscaler, generate_kwargs)
     images = generate(prompt, model=model, output_type="latent" if handoff else "pil",
                       **generate_kwargs)
     make_room()
-    out = []
-    for gen in images:
-        if handoff:  # SD latents straight into the x2 latent upscaler: no decode/encode trip
-            res = handoff(gen, size=target)
-        else:
-            res = upscale(gen.image, upscaler, size=target, device=device, progress=progress,
-                          full_result=True, **upscaler_options(upscaler, gen))
-        params = dict(gen.params, upscaler=res.model, upscale_by=float(res.scale),
-                      upscale_size=f"{res.size[0]}x{res.size[1]}")
-        out.append(GeneratedImage(res.image, gen.seed, params))
+    out = [_upscaled(gen, upscaler, target, generate_kwargs.get("device"),
+                     generate_kwargs.get("progress", True), handoff) for gen in images]
     if refine_strength is None:
         return out
     return [refine_generated(g, model, refine_strength, generate_kwargs) for g in out]
+
+
+def _upscaled(gen: GeneratedImage, upscaler, target, device, progress: bool,
+              handoff=None) -> GeneratedImage:
+    if handoff:  # SD latents straight into the x2 latent upscaler: no decode/encode trip
+        res = handoff(gen, size=target)
+    else:
+        res = upscale(gen.image, upscaler, size=target, device=device, progress=progress,
+                      full_result=True, **upscaler_options(upscaler, gen))
+    params = dict(gen.params, upscaler=res.model, upscale_by=float(res.scale),
+                  upscale_size=f"{res.size[0]}x{res.size[1]}")
+    return GeneratedImage(res.image, gen.seed, params)
+
+
+def _pipelined(prompt: str, model, upscaler, target, strength, devs: list,
+               kwargs: dict) -> list[GeneratedImage]:
+    """Generation on ``devs[0]`` one image ahead of upscale (+ refine) on ``devs[1]``; each
+    device has its own pipeline slot, so the refiner's copy never evicts the generator's."""
+    count = check_int(kwargs.pop("num_images", 1), "num_images", 1, MAX_IMAGES)
+    seed = check_seed(kwargs.pop("seed", None), count)
+    on_progress, progress = kwargs.pop("on_progress", None), kwargs.get("progress", True)
+    check_callback(on_progress)
+    log.info("generating on %s, upscaling%s on %s, pipelined over %d images", devs[0],
+             "" if strength is None else " and refining", devs[1], count)
+    with ProgressSum(count, on_progress, progress) as steps:
+        def produce(index: int) -> GeneratedImage:
+            with pipeline_slot(0):
+                return generate(prompt, model=model, device=devs[0], seed=seed + index,
+                                num_images=1, on_progress=steps.part(index),
+                                **dict(kwargs, progress=False))[0]
+
+        def consume(gen: GeneratedImage) -> GeneratedImage:
+            with pipeline_slot(1):
+                big = _upscaled(gen, upscaler, target, devs[1], progress)
+                if strength is None:
+                    return big
+                return refine_generated(big, model, strength, dict(kwargs, device=devs[1]))
+
+        return pipelined(list(range(count)), produce, consume, devices=devs)
 
 
 def refine_generated(gen: GeneratedImage, model, strength: float, generate_kwargs: dict, *,

@@ -24,7 +24,7 @@ def test_diffusion_pipeline_registers_an_evictor_and_moves_to_cpu(monkeypatch, c
     pipe = FakePipe()
     fake = gp.Loaded(key=("x",), pipe=pipe, plan=MemoryPlan("fast", "cuda:0", "float16"),
                      source="tiny", preset=None, scheduler="default")
-    monkeypatch.setattr(gp, "current_pipeline", lambda: fake)
+    monkeypatch.setattr(gp, "loaded_pipelines", lambda: [fake])
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with caplog.at_level(logging.INFO):
         moved = gpu_guard.evict_gpu_models("ncnn Vulkan upscaling")
@@ -37,5 +37,19 @@ def test_cpu_pipeline_is_left_alone(monkeypatch):
     pipe = FakePipe()
     fake = gp.Loaded(key=("x",), pipe=pipe, plan=MemoryPlan("cpu", "cpu", "float32"),
                      source="tiny", preset=None, scheduler="default")
-    monkeypatch.setattr(gp, "current_pipeline", lambda: fake)
+    monkeypatch.setattr(gp, "loaded_pipelines", lambda: [fake])
     assert gpu_guard.evict_gpu_models("ncnn") == [] and pipe.moves == []
+
+
+def test_move_off_gpu_only_touches_the_named_device(monkeypatch):
+    """Two GPUs (Kaggle T4 ×2): making room on cuda:1 leaves cuda:0's pipeline where it is."""
+    pipes = {dev: FakePipe() for dev in ("cuda:0", "cuda:1")}
+    fakes = [gp.Loaded(key=(dev,), pipe=pipe, plan=MemoryPlan("fast", dev, "float16"),
+                       source="tiny", preset=None, scheduler="default")
+             for dev, pipe in pipes.items()]
+    monkeypatch.setattr(gp, "loaded_pipelines", lambda: fakes)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert gp.move_off_gpu("an upscaler", device="cuda:1")
+    assert pipes["cuda:0"].moves == [] and pipes["cuda:1"].moves == ["cpu"]
+    assert not gp.move_off_gpu("again", device="cuda:1")  # already parked
+    assert gp.move_off_gpu("everything") and pipes["cuda:0"].moves == ["cpu"]

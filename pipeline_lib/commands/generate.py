@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="2048", help="upscale target: N (long side) or WxH (default 2048)")
     p.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--devices", help="several devices, e.g. cuda:0,cuda:1, or auto (every usable "
+                                     "GPU; Kaggle's T4 ×2): -n images split over them; with "
+                                     "--upscale, generation on the first and upscaling on the "
+                                     "second, pipelined")
     p.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on a GPU, fp32 on a CPU; "
                                    "bf16 only where native)")
     p.add_argument("--xformers", action="store_true",
@@ -82,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
                   num_images=args.num_images, scheduler=args.scheduler, device=args.device,
                   memory=args.memory, dtype=args.dtype, xformers=args.xformers,
                   progress=not getattr(args, "quiet", False))
+    if args.devices:
+        kwargs["devices"] = args.devices
     check_hires_needs_scale(args.hires_scale, hires_strength=args.hires_strength,
                             hires_steps=args.hires_steps, hires_upscaler=args.hires_upscaler)
     # the workflow options given on the command line; the rest keep generate()'s defaults

@@ -20,6 +20,7 @@ from ..errors import GenerationOutOfMemoryError, InvalidParameterError
 from ..heap import reuse_freed_memory
 from ..memory import prepare_vae
 from ..metadata import GENERATE_KEYS, format_parameters
+from ..multi_gpu import ProgressSum, choose_devices, run_on_devices, split_counts
 from ..samplers import check_scheduler, scheduler_of
 from ..validation import check_callback, check_guidance, check_int, check_seed, check_text
 from ..version import __version__
@@ -27,7 +28,7 @@ from .adapters import Applied, applied
 from .job import HIRES_LATENT, Job, check_extras, conditioning, fill_defaults, generators, step_callback
 from .oom import free_after_oom, is_out_of_memory, oom_advice
 from .passes import hires_pass, hires_run_steps, hires_size
-from .pipeline import Loaded, get_loaded, get_refiner, set_scheduler
+from .pipeline import Loaded, get_loaded, get_refiner, pipeline_slot, resident_unet, set_scheduler
 from .presets import DEFAULT_PRESET
 from .prompts import parse_attention, plain_text
 
@@ -82,8 +83,10 @@ def _denoise(loaded: Loaded, job: Job, kwargs: dict, output_type: str, progress:
         if preset is None or not preset.refiner:
             return loaded.pipe(**kwargs, output_type=output_type).images
         frac = preset.high_noise_frac
+        resident_unet(loaded, "base")  # on a small GPU only the UNet in use is resident
         latents = loaded.pipe(**kwargs, denoising_end=frac, output_type="latent").images
         refiner = get_refiner(loaded, progress)
+        resident_unet(loaded, "refiner")
         # the refiner has only the second text encoder: it reads the plain text
         text = plain_text(parse_attention(job.text))
         negative = plain_text(parse_attention(job.negative)) if job.negative else None
@@ -171,7 +174,8 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
              scheduler: str | None = None, loras=None, embeddings=None,
              clip_skip: int | None = None, hires_scale: float | None = None,
              hires_strength: float = 0.35, hires_steps: int | None = None,
-             hires_upscaler: str = HIRES_LATENT, device=None, memory: str = "auto", dtype=None,
+             hires_upscaler: str = HIRES_LATENT, device=None, devices=None, memory: str = "auto",
+             dtype=None,
              progress: bool = True, output_type: str = "pil", channels_last: bool | None = None,
              fuse_qkv: bool | None = None, compile: bool | None = None, xformers: bool = False,
              on_progress: Callable[[int, int], object] | None = None) -> list[GeneratedImage]:
@@ -203,6 +207,11 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
     when it is installed. ``on_progress(done, total)`` is called after every denoising step
     (both passes counted in one total).
 
+    ``devices=["cuda:0", "cuda:1"]`` (or ``"cuda:0,cuda:1"``, or ``"auto"``: every usable GPU,
+    e.g. Kaggle's T4 ×2) splits ``num_images`` over the devices, each running its own copy of
+    the pipeline at the same time; image *i* still uses ``seed + i`` and the order is kept.
+    Use ``device`` or ``devices``, not both.
+
     Raises :class:`InvalidParameterError` for impossible values and
     :class:`UnknownModelError` for an unknown preset or LoRA (with suggestions).
 
@@ -223,21 +232,53 @@ def generate(prompt: str, *, model: str = DEFAULT_PRESET, negative_prompt: str |
     seed = check_seed(seed, num_images)
     extras = check_extras(loras, embeddings, clip_skip, hires_scale, hires_strength, hires_steps,
                           hires_upscaler)
+    load = dict(model=model, memory=memory, dtype=dtype, progress=progress,
+                channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile, xformers=xformers)
+    ask = dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+               width=width, height=height, scheduler=scheduler, extras=extras)
+    devs = choose_devices(device, devices)
+    if len(devs) > 1 and num_images > 1:  # 2. split the batch over the devices
+        return _split(ask, load, devs, seed, num_images, output_type, progress, on_progress)
+    return _generate_on(ask, dict(load, device=devs[0]), seed, num_images, output_type,
+                        progress, on_progress)
+
+
+def _split(ask: dict, load: dict, devs: list, seed: int, num_images: int, output_type: str,
+           progress: bool, on_progress) -> list[GeneratedImage]:
+    """Images 0..k-1 on the first device, k.. on the next, at once (image i keeps seed + i):
+    each device's own pipeline (its slot), one progress total over all of them."""
+    counts = split_counts(num_images, len(devs))
+    firsts = [sum(counts[:i]) for i in range(len(counts))]
+    log.info("generating %d images on %s (%s each)", num_images, ", ".join(devs[:len(counts)]),
+             "/".join(map(str, counts)))
+    with ProgressSum(len(counts), on_progress, progress) as total:
+        def work(index: int, dev) -> list[GeneratedImage]:
+            with pipeline_slot(index):
+                return _generate_on(ask, dict(load, device=dev), seed + firsts[index],
+                                    counts[index], output_type, False, total.part(index))
+
+        parts = run_on_devices(work, devs[:len(counts)])
+    return [img for part in parts for img in part]
+
+
+def _generate_on(ask: dict, load: dict, seed: int, num_images: int, output_type: str,
+                 bar: bool, on_progress) -> list[GeneratedImage]:
+    """Steps 2-5 of :func:`generate` on one device (this thread's pipeline slot)."""
+    extras = ask["extras"]
     # 2. load the pipeline (cached) and fill in the preset's defaults
-    loaded = get_loaded(model, device=device, memory=memory, dtype=dtype, progress=progress,
-                        channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
-                        xformers=xformers)
-    job = fill_defaults(loaded, prompt, negative_prompt, steps, guidance, width, height,
-                        scheduler, seed, num_images, extras)
+    loaded = get_loaded(**load)
+    job = fill_defaults(loaded, ask["prompt"], ask["negative_prompt"], ask["steps"],
+                        ask["guidance"], ask["width"], ask["height"], ask["scheduler"], seed,
+                        num_images, extras)
     # 3. prepare the pipeline for this job
     set_scheduler(loaded, job.scheduler)
     big = hires_size(job) if extras.hires else (job.width, job.height)
     prepare_vae(loaded.pipe, loaded.plan, *big, num_images)
-    loaded.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="denoise")
+    loaded.pipe.set_progress_bar_config(disable=not bar, leave=False, desc="denoise")
     # 4. denoise (and the hires pass), with the LoRAs/embeddings on for just this call
     t0 = time.perf_counter()
-    images, used = _run(loaded, job, output_type, progress, on_progress)
-    log.info("generated %d image(s) %dx%d with %s in %.1fs (seed %d)", num_images, *big,
-             job.model_name, time.perf_counter() - t0, seed)
+    images, used = _run(loaded, job, output_type, bar, on_progress)
+    log.info("generated %d image(s) %dx%d with %s on %s in %.1fs (seed %d)", num_images, *big,
+             job.model_name, loaded.plan.device, time.perf_counter() - t0, seed)
     # 5. one GeneratedImage per picture, with everything needed to make it again
     return _results(images, job, loaded, used)

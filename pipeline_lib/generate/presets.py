@@ -15,11 +15,12 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidParameterError, UnknownModelError
+from ..refine_plan import GIB, generation_peak_bytes
 from ..samplers import SCHEDULERS
 from ..validation import check_int
 
 __all__ = ["PHOTO_NEGATIVE", "BASE_NEGATIVE", "Preset", "PRESETS", "DEFAULT_PRESET", "BUILT_IN",
-           "ASPECTS", "MAX_SIDE", "list_presets", "register_preset", "find_preset", "get_preset",
+           "ASPECTS", "MAX_SIDE", "list_presets", "planned_peak_gib", "register_preset", "find_preset", "get_preset",
            "round_to", "resolve_size", "parse_aspect", "size_for_aspect"]
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,18 @@ ASPECTS: dict[str, tuple[int, int]] = {
 MAX_SIDE = 4096  # larger generations do not fit 16 GB and repeat subjects; upscale instead
 
 
+def planned_peak_gib(preset: Preset) -> float | None:
+    """The planned GPU peak of one image at the preset's default size, fp16, balanced profile
+    (see :func:`pipeline_lib.refine_plan.generation_peak_bytes`; a base+refiner preset with one
+    UNet resident); None for the built-in tiny stand-in, which the SD-1.5 table does not size."""
+    if preset.repo == BUILT_IN:
+        return None
+    return round(generation_peak_bytes(preset, memory="balanced") / GIB, 1)
+
+
 def list_presets() -> list[dict]:
-    """The presets as rows (name, repo, steps, guidance, size, scheduler, ...).
+    """The presets as rows (name, repo, steps, guidance, size, scheduler, ...,
+    ``planned_peak_gib``: the planned GPU peak, see :func:`planned_peak_gib`).
 
     >>> "sdxl-turbo" in [p["name"] for p in list_presets()]
     True
@@ -137,7 +148,7 @@ def list_presets() -> list[dict]:
     return [{"name": p.name, "repo": p.repo, "pipeline_class": p.pipeline_class, "steps": p.steps,
              "guidance": p.guidance, "size": p.size, "scheduler": p.scheduler, "vae": p.vae,
              "refiner": p.refiner, "multiple": p.multiple, "license": p.license,
-             "description": p.description}
+             "description": p.description, "planned_peak_gib": planned_peak_gib(p)}
             for p in PRESETS.values()]
 
 
