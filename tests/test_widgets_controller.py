@@ -360,3 +360,22 @@ def test_job_progress_spans_parts_and_estimates_time_left():
 def test_format_seconds():
     assert [format_seconds(s) for s in (0.04, 7.5, 59.9, 75, 3725)] == \
         ["0.0 s", "7.5 s", "59.9 s", "1:15", "1:02:05"]
+
+
+def test_two_gpus_split_the_apps_pictures_and_the_status_says_so(ctl, monkeypatch):
+    import pipeline_lib.multi_gpu as multi_gpu
+
+    gen_room = sys.modules["pipeline_lib.generate"]  # the package (pl.generate is the function)
+    real, seen = gen_room.generate, []
+
+    def spy(prompt, **kw):  # the CPU stands in for the two GPUs: record, then run on it
+        seen.append(kw.pop("devices", None))
+        return real(prompt, **kw)
+
+    monkeypatch.setattr(gen_room, "generate", spy)
+    monkeypatch.setattr(multi_gpu, "usable_gpus", lambda: ["cuda:0", "cuda:1"])
+    assert ctl.generate(_form(ctl, num_images=2)), ctl.message
+    assert seen == [["cuda:0", "cuda:1"]] and len(ctl.results) == 2
+    assert "on cuda:0 + cuda:1" in ctl.status
+    assert ctl.generate(_form(ctl, num_images=1)), ctl.message  # one picture: one GPU
+    assert seen[-1] is None and " on cuda" not in ctl.status

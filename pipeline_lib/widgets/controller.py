@@ -291,8 +291,12 @@ class Controller:
 
     def _generate(self, form: GenerateForm, target: str | None) -> None:
         from ..generate import generate
+        from ..multi_gpu import usable_gpus
 
         kw = self.generate_kwargs(form)
+        gpus = usable_gpus()
+        if form.num_images > 1 and len(gpus) > 1:  # Kaggle's T4 ×2: the pictures split over both
+            kw["devices"] = gpus
         if target is not None:
             self.target(target)
         self._start_job(1, f"loading {kw['model']}…")
@@ -303,7 +307,8 @@ class Controller:
                         for g in out]
         w, h = out[0].image.size
         seeds = f"{out[0].seed}" + (f"…{out[-1].seed}" if len(out) > 1 else "")
-        self._finish_job(f"generated {len(out)} image(s) of {w}×{h}, seed {seeds}")
+        on = f" on {' + '.join(kw['devices'])}" if "devices" in kw else ""
+        self._finish_job(f"generated {len(out)} image(s) of {w}×{h}{on}, seed {seeds}")
 
     def upload(self, name: str, content: bytes) -> bool:
         """Take an uploaded file (its name and bytes) as the picture to upscale."""
