@@ -131,7 +131,7 @@ def test_hires_scale_2_doubles_the_size_and_is_recorded(live):
     ({"hires_scale": 5}, "hires_scale must be a finite number > 1 and ≤ 4"),
     ({"hires_scale": 2, "hires_steps": 9}, "hires_steps must be in 1..8"),
     # past the server's pixel limit: the output, or a ×4 upscaler's working canvas
-    ({"hires_scale": 3}, "192×192; this server generates at most 16,384 pixels"),
+    ({"hires_scale": 3}, "(36,864 pixels); this server makes at most 16,384 pixels"),
     ({"hires_scale": 1.5, "hires_upscaler": "realesrgan-x4plus"}, "256×256 canvas"),
 ])
 def test_bad_hires_fields_are_422_with_the_rule(live, extra, match):

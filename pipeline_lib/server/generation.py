@@ -25,7 +25,7 @@ from ..upscale.sizing import parse_size, working_canvas
 from ..validation import check_guidance, check_int, check_seed, check_strength
 from .limits import ServerLimits
 from .schemas import GenerationRequest
-from .service import check_n, check_response_format, not_served
+from .service import check_canvas, check_n, check_response_format, not_served
 
 __all__ = ["GenerationJob", "Generation"]
 
@@ -90,11 +90,8 @@ class Generation:
             raise InvalidParameterError(f"size must be 'WxH' (e.g. '512x512') or 'auto', got "
                                         f"{size!r}.")
         w, h = parsed
-        if w * h > self.limits.max_output_pixels:
-            raise InvalidParameterError(
-                f"size {w}x{h} is {w * h:,} pixels; this server generates at most "
-                f"{self.limits.max_output_pixels:,} (--max-output-pixels). Generate smaller and "
-                "upscale with POST /v1/images/upscale.")
+        check_canvas((w, h), self.limits, f"size {w}x{h}",
+                     "Generate smaller and upscale with POST /v1/images/upscale.")
         return w, h
 
     def check_fields(self, req: GenerationRequest) -> GenerationJob:
@@ -147,13 +144,9 @@ class Generation:
         out = hires_dims(w, h, float(scale))
         spec = MODELS.get(str(dict(job.hires).get("hires_upscaler", HIRES_LATENT)))
         canvas = working_canvas(w, h, out, spec.scale) if spec is not None else out
-        limit = self.limits.max_output_pixels
-        if canvas[0] * canvas[1] > limit:
-            raise InvalidParameterError(
-                f"hires_scale={scale:g} makes a {w}×{h} picture {out[0]}×{out[1]}"
-                f"{f' (a {canvas[0]}×{canvas[1]} canvas for {spec.name})' if canvas != out else ''}"
-                f"; this server generates at most {limit:,} pixels (--max-output-pixels). Ask for "
-                "a smaller hires_scale or size.")
+        pixel = f" through {spec.name}" if canvas != out else ""
+        check_canvas(canvas, self.limits, f"hires_scale={scale:g} on {w}×{h} (→ {out[0]}×{out[1]}"
+                     f"{pixel})", "Ask for a smaller hires_scale or size.")
 
     def _generate_kwargs(self, job: GenerationJob) -> dict[str, Any]:
         return {"model": self.model, "negative_prompt": job.negative_prompt,

@@ -20,7 +20,7 @@ from ..validation import check_int
 from .errors import ApiError
 from .limits import ServerLimits
 
-__all__ = ["Slot", "Service", "check_n", "check_response_format", "not_served"]
+__all__ = ["Slot", "Service", "check_n", "check_canvas", "check_response_format", "not_served"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class Slot:
 
 def check_n(n, limits: ServerLimits) -> int:
     return check_int(n, "n", 1, limits.max_n, hint="this server's --max-n")
+
+
+def check_canvas(canvas: tuple[int, int], limits: ServerLimits, what: str, advice: str) -> None:
+    """The server's one output-pixel rule: ``what`` (say, "a 64×48 input upscaled to 256×192")
+    needs a ``canvas``; over ``--max-output-pixels`` it is refused with ``advice``."""
+    pixels = canvas[0] * canvas[1]
+    if pixels > limits.max_output_pixels:
+        raise InvalidParameterError(
+            f"{what} needs a {canvas[0]}×{canvas[1]} canvas ({pixels:,} pixels); this server "
+            f"makes at most {limits.max_output_pixels:,} pixels (--max-output-pixels). {advice}")
 
 
 def check_response_format(value: str | None) -> None:

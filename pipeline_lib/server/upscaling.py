@@ -19,7 +19,7 @@ from ..upscale.sizing import check_scale, parse_size, target_size, working_canva
 from ..upscale.tiling import check_tiling
 from ..validation import check_guidance, check_seed, check_strength
 from .limits import ServerLimits
-from .service import check_n, check_response_format, not_served
+from .service import check_canvas, check_n, check_response_format, not_served
 
 __all__ = ["UpscaleJob", "Upscaling"]
 
@@ -134,13 +134,9 @@ class Upscaling:
         out = target_size(w, h, scale=job.scale, size=job.size,
                           default_scale=up.default_scale or up.scale)
         canvas = working_canvas(w, h, out, up.scale)
-        limit = self.limits.max_output_pixels
-        if canvas[0] * canvas[1] > limit:
-            raise InvalidParameterError(
-                f"a {w}×{h} input upscaled to {out[0]}×{out[1]} needs a {canvas[0]}×{canvas[1]} "
-                f"canvas ({canvas[0] * canvas[1]:,} pixels); this server allows at most "
-                f"{limit:,}. Ask for a smaller scale/size, send a smaller image, or start the "
-                "server with a larger --max-output-pixels.")
+        check_canvas(canvas, self.limits, f"a {w}×{h} input upscaled to {out[0]}×{out[1]}",
+                     "Ask for a smaller scale/size, send a smaller image, or start the server "
+                     "with a larger --max-output-pixels.")
         return out
 
     def infer(self, up, arr, job: UpscaleJob) -> list:
