@@ -67,3 +67,33 @@ def test_restart_advice_names_the_changed_package(capsys):
     out = capsys.readouterr().out
     assert "numpy 0.0.1 →" in out and "Runtime → Restart session" in out
     assert nb.print_restart_advice({}) is False
+
+
+@pytest.mark.parametrize("installed, pin", [
+    ({"opencv-python": "4.13.0.92", "opencv-python-headless": "4.13.0.92",
+      "opencv-contrib-python": "4.13.0.92"}, "opencv-contrib-python-headless==4.13.0.92"),  # Kaggle
+    ({"opencv-python": "5.0.0.93", "opencv-python-headless": "5.0.0.93",
+      "opencv-contrib-python": "4.14.0.94"}, "opencv-contrib-python-headless==4.14.0.94"),  # Colab
+    ({"opencv-contrib-python-headless": "4.12.0.88"}, "opencv-contrib-python-headless==4.12.0.88"),
+    ({"opencv-python": "5.0.0.93"}, None),           # no contrib: our <5 requirement picks the build
+    ({"opencv-contrib-python": "5.0.0.93"}, None),   # contrib 5: ours adds a 4.x build on top
+    ({}, None),
+])
+def test_the_cell_pins_opencv_to_the_runtimes_own_contrib_4(monkeypatch, installed, pin):
+    import importlib.metadata
+
+    def version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setenv("PIPELINE_LIB_NOTEBOOK_TEST", "1")  # define the cell's functions, install nothing
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    cell: dict = {}
+    exec(CELL.read_text(), cell)
+    assert cell["_opencv_pin"]() == pin
+    cell["_run"] = lambda *cmd: cmd  # what pip would be asked
+    cmd = cell["_pip_install"]("pipeline_lib.whl")
+    assert cmd[:6] == (sys.executable, "-m", "pip", "install", "-q", "pipeline_lib.whl")
+    constraints = Path(cmd[7]).read_text() if len(cmd) == 8 and cmd[6] == "-c" else None
+    assert constraints == (pin and pin + "\n") and len(cmd) == (8 if pin else 6)

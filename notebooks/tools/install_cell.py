@@ -2,7 +2,7 @@
 # Leave REPO_URL empty and upload the repository .zip (or a built .whl) in the Files pane, or set
 # it to your copy's git URL. Rerun to update. torch is never reinstalled; locally this does nothing.
 REPO_URL = ""  # @param {type:"string"}
-import glob, os, subprocess, sys, zipfile
+import glob, importlib.metadata, os, subprocess, sys, tempfile, zipfile
 WATCH = ("numpy", "ipywidgets", "transformers", "diffusers", "accelerate", "cv2", "PIL", "torch")
 BEFORE = {m: getattr(sys.modules[m], "__version__", "?") for m in WATCH if m in sys.modules}
 HOST = "colab" if "google.colab" in sys.modules else "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else ""
@@ -13,6 +13,28 @@ HELP = ("pipeline_lib is not installed: set REPO_URL above to your copy's git UR
 
 def _run(*cmd):
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _opencv_pin():
+    # Every OpenCV wheel writes the one cv2 folder: pin ours to the runtime's own OpenCV 4 contrib build,
+    # or pip's newest 4.x silently replaces the cv2 that Colab/Kaggle ship (their pins look unchanged).
+    for name in ("opencv-contrib-python", "opencv-contrib-python-headless"):
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if int(version.split(".")[0]) < 5:
+            return f"opencv-contrib-python-headless=={version}"
+    return None
+
+
+def _pip_install(src):
+    pin, extra = _opencv_pin(), []
+    if pin:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(pin + "\n")
+        extra = ["-c", f.name]
+    return _run(sys.executable, "-m", "pip", "install", "-q", src, *extra)
 
 
 def _source():
@@ -35,7 +57,7 @@ def _source():
 
 if BASE and not os.environ.get("PIPELINE_LIB_NOTEBOOK_TEST"):
     SRC = _source()
-    PIP = _run(sys.executable, "-m", "pip", "install", "-q", SRC) if SRC else None
+    PIP = _pip_install(SRC) if SRC else None
     if PIP is None or PIP.returncode != 0:
         print(HELP if PIP is None else HELP + "\n(pip said: " + PIP.stderr.strip().splitlines()[-1] + ")")
     else:
