@@ -10,8 +10,10 @@ trunk, the first convolution and the output convolution stay fp32, while the ups
 run in bf16. Measured on three 128² crops on an AMX host (bench/precision.py): 55.7-56.9 dB
 against fp32, at most 3 levels off on 0.003-0.018 % of values (whole-model bf16: 53.2-54.4 dB,
 up to 6 levels, 0.1-0.6 %), as fast as whole-model bf16 to within run-to-run noise
-(bench/upscale.py). Keeping the upsampling stages in fp32 as well gained ~2 dB more for ~15 %
-more time; they run at 4× the pixels, so they stay bf16.
+(bench/upscale.py). Over eight 64² crops (photos with fur and grain, textures; README's precision
+table) the worst is 52.5 dB and 9 levels on 0.8 % of values (whole-model bf16: 47.8 dB, 13).
+Keeping the upsampling stages in fp32 as well gained ~2 dB more for ~15 % more time; they run at
+4× the pixels, so they stay bf16.
 
 spandrel's ``ResidualDenseBlock_5C.forward`` adds the residual in the dtype of its weights, so the
 block's arithmetic is restated in :func:`_dense_update` (the same sums, spandrel's ESRGAN+ branch

@@ -168,8 +168,9 @@ def _prepare(desc, dev: torch.device, dt: torch.dtype, default: bool):
     # same function, less work; measured on CPUs only (bench/README.md), so only applied there.
     # Before any cast, so the fused kernels are summed from the fp32 weights.
     fused = rewrite_nearest_upconv(module) if on_cpu and desc.architecture.id == "ESRGAN" else 0
-    # bf16 convolutions, fp32 residual sums: 55.7-56.9 dB against fp32 instead of 53.2-54.4 for
-    # the whole model in bf16, as fast within noise (bench/README.md); measured on CPUs only
+    # bf16 convolutions, fp32 residual sums: 52.5-57.7 dB against fp32 over eight photo/texture
+    # crops instead of 47.8-54.4 for the whole model in bf16, as fast within noise
+    # (README's precision table, bench/README.md); measured on CPUs only
     mixed = dt == torch.bfloat16 and on_cpu and bf16_with_fp32_residual(module)
     if default and dt == torch.bfloat16 and not mixed:  # an unknown layout: no silent 53 dB
         dt = torch.float32
