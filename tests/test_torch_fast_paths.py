@@ -107,7 +107,7 @@ def test_cpu_bf16_only_where_native(monkeypatch, small_photo, caplog, fresh_upsc
     on any CPU) and falls back to fp32, with a warning, on CPUs that would emulate it."""
     unload_upscalers = fresh_upscaler_cache
     arr = np.asarray(small_photo)[:24, :24]
-    ref = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
+    ref = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False, dtype="fp32")
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
     unload_upscalers()
     got = upscale(arr, MODEL, backend="torch", device="cpu", dtype="bf16", tile=0,
@@ -156,6 +156,7 @@ def test_native_bf16_cpu_defaults_to_bf16_and_says_how_to_get_fp32(monkeypatch, 
 def test_fp32_on_request_gives_the_fp32_bytes_on_a_native_bf16_cpu(monkeypatch, small_photo,
                                                                    fresh_upscaler_cache):
     arr = np.asarray(small_photo)[:20, :24]
+    monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: False)  # whatever this CPU is
     plain = upscale(arr, MODEL, backend="torch", device="cpu", tile=0, progress=False)
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
     fresh_upscaler_cache()
@@ -215,7 +216,8 @@ def test_x4plus_on_cpu_matches_spandrel():
     """The real x4plus weights with both up-convolutions rewritten: spandrel's output."""
     from spandrel import ModelLoader
 
-    up = load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", progress=False)
+    up = load_upscaler("realesrgan-x4plus", device="cpu", backend="torch", dtype="fp32",
+                       progress=False)  # fp32 asked for: a native-bf16 CPU defaults to bf16
     assert "fused_upconv×2" in up.speedups
     ref = ModelLoader().load_from_state_dict(
         torch_backend.load_state_dict(Path(up.weights))).model.eval()
@@ -312,7 +314,7 @@ def test_x4plus_bf16_on_cpu_keeps_closer_to_fp32_than_whole_bf16(monkeypatch, sm
     unload_upscalers = fresh_upscaler_cache
     arr = np.asarray(small_photo)[8:40, 8:40]
     ref = np.asarray(upscale(arr, "realesrgan-x4plus", backend="torch", device="cpu", tile=0,
-                             progress=False)).astype(np.int16)
+                             progress=False, dtype="fp32")).astype(np.int16)
     monkeypatch.setattr(torch_backend, "supports_bf16", lambda dev: True)
     outs = {}
     for trunk in (True, False):
