@@ -34,7 +34,7 @@ def run_ncnn(stem: str, rgb01: np.ndarray) -> np.ndarray:
 def test_converted_weights_match_ncnn_within_one_level(name, small_photo):
     rgb = np.asarray(small_photo.crop((0, 0, 24, 20)), dtype=np.float32) / 255
     spec = MODELS[name]
-    up = load_upscaler(name, device="cpu")
+    up = load_upscaler(name, device="cpu", dtype="fp32")  # ncnn computes in fp32
     ours = up.run(rgb.transpose(2, 0, 1)[None].copy())[0]
     ref = run_ncnn(spec.ncnn_stem, rgb)
     assert ours.shape == ref.shape == (3, 80, 96)

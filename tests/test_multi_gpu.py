@@ -307,8 +307,10 @@ def test_readme_peak_table_matches_list_presets():
         cells = [c.strip(" `") for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[1].endswith("GiB"):
             table[cells[0]] = float(cells[1].split()[0])
+    # the shipped presets (Hub repos); other tests in this process register tiny local ones
     expected = {r["name"]: r["planned_peak_gib"] for r in pl.list_presets()
-                if r["planned_peak_gib"] is not None}
+                if r["planned_peak_gib"] is not None and not Path(str(r["repo"])).exists()}
+    assert len(expected) >= 10
     assert table == expected
 
 
