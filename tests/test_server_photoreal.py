@@ -140,6 +140,16 @@ def test_bad_hires_fields_are_422_with_the_rule(live, extra, match):
 
 
 # ------------------------------------------------------------------ refine
+def test_hires_upscaler_without_its_weights_is_422_weights_unavailable(live, tmp_path, monkeypatch):
+    # an empty cache, offline: the x2plus file is missing; asking again would not help, so no 503
+    monkeypatch.setenv("PIPELINE_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIPELINE_LIB_OFFLINE", "1")
+    err = _refused(live, hires_scale=2, hires_upscaler="realesrgan-x2plus")
+    assert err.body["type"] == "weights_unavailable", err.body
+    assert "RealESRGAN_x2plus.pth is not cached" in err.message and "sha256" in err.message
+    assert "GET /v1/models" in err.message and "fallback" not in err.message
+
+
 def test_refine_strength_on_generations(live):
     plain = _gen(live, "a field", steps=4)[0]
     refined = _gen(live, "a field", steps=4, refine_strength=0.5)[0]

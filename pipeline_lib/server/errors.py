@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (GenerationOutOfMemoryError, ImageReadError, ImageTooLargeError,
                       InvalidParameterError, PipelineError, TileOutOfMemoryError,
-                      UnknownModelError)
+                      UnknownModelError, WeightsError)
 from .schemas import ErrorResponse
 
 __all__ = ["ApiError", "UploadTooLarge", "error_body", "error_response", "install_error_handlers",
@@ -59,6 +59,10 @@ _LIBRARY_ERRORS: tuple[tuple[type, int, str, str], ...] = (
                                            "'image' field."),
     (UnknownModelError, 422, "unknown_model", ""),
     (InvalidParameterError, 422, "invalid_parameter", ""),
+    # a named model/LoRA/embedding whose file this server cannot load: asking again will not help
+    # (a 503 would make clients retry), another name may
+    (WeightsError, 422, "weights_unavailable", " Choose another model (GET /v1/models) or ask "
+                                               "the server's operator to place the file."),
     (TileOutOfMemoryError, 503, "out_of_memory", " The server keeps running; retry with a smaller "
                                                  "image or scale, or restart it with a smaller "
                                                  "--tile."),
@@ -86,6 +90,8 @@ def _library_error(exc: PipelineError) -> JSONResponse:
             if kind is ImageTooLargeError:
                 message = (f"{message.split('; raise it')[0]}; send a smaller image or start the "
                            "server with a larger --max-input-pixels.")
+            if kind is WeightsError:  # the Python/CLI opt-in does not exist over HTTP
+                message = message.split(" Pass fallback=True")[0]
             return error_response(status, type_, message + advice)
     return _server_error(exc)
 
