@@ -50,6 +50,9 @@ class Loaded:
 
 _SLOTS: dict[int, Loaded] = {}  # slot → its cached pipeline; slot 0 is everyone's by default
 _SLOT = contextvars.ContextVar("pipeline_lib_slot", default=0)
+# Held for loads too, so two devices' pipelines load one after the other: diffusers builds models
+# under accelerate's init_empty_weights(), which patches torch.nn.Module for the whole process;
+# two loads at once gave each other meta tensors ("Cannot copy out of meta tensor"), tried here.
 _LOCK = threading.RLock()
 
 
