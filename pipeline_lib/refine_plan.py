@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidParameterError
+from .memory import TILE_VAE_PIXELS
 
 __all__ = ["PARAMETERS", "RefinePlan", "refine_memory_plan", "family_of", "GIB",
            "generation_peak_bytes"]
@@ -37,10 +38,9 @@ PARAMETERS = {
 # ~3.6 GiB at 1024² for SDXL. Replace with torch.cuda.max_memory_allocated figures when measured.
 _ACT_PER_MP = {"sd15": 4.2 * GIB, "sdxl": 3.4 * GIB}
 _VAE_TILE_BYTES = 1.6 * GIB  # estimate: diffusers' tiled VAE (512² pixel tiles) peak, fp16
-# estimate: an untiled fp16 VAE decode, per megapixel (~4 GiB at 1024², memory.TILE_VAE_PIXELS;
-# larger images are decoded in tiles, one image at a time)
+# estimate: an untiled fp16 VAE decode, per megapixel (~4 GiB at 1024²; images above
+# TILE_VAE_PIXELS are decoded in tiles, one image at a time)
 _VAE_DECODE_PER_MP = 3.8 * GIB
-_TILE_VAE_PIXELS = 1024 * 1024
 _CUDA_CONTEXT = 0.5 * GIB
 
 
@@ -63,6 +63,12 @@ class RefinePlan:
         return (f"refine plan ({self.family}, {self.memory}): {self.size[0]}x{self.size[1]} in "
                 f"{self.tiles} tiles of {self.tile}px (overlap {self.overlap}), planned GPU peak "
                 f"{self.peak_bytes / GIB:.1f} GiB ({parts} GiB)")
+
+
+def _check_profile(memory: str) -> None:
+    # the profiles a plan can be made for ("auto" is resolved per device by memory.plan_memory)
+    if memory not in ("fast", "balanced", "low"):
+        raise InvalidParameterError(f"memory must be 'fast', 'balanced' or 'low', got {memory!r}.")
 
 
 def family_of(pipe_or_name) -> str:
@@ -96,8 +102,7 @@ def refine_memory_plan(model="sd15", *, size=(2048, 2048), tile: int | None = No
     ``fast`` keeps every sub-model on the GPU; ``balanced`` (model CPU offload) only the running
     one — the UNet (+ ControlNet) while denoising, the VAE while coding; ``low`` streams layers
     (weights ≈ one block)."""
-    if memory not in ("fast", "balanced", "low"):
-        raise InvalidParameterError(f"memory must be 'fast', 'balanced' or 'low', got {memory!r}.")
+    _check_profile(memory)
     family = family_of(pipe if pipe is not None else model)
     counts = _parameters(family, pipe)
     tile = tile or counts["native"]
@@ -121,7 +126,7 @@ def refine_memory_plan(model="sd15", *, size=(2048, 2048), tile: int | None = No
 
 def _vae_peak(width: int, height: int) -> float:
     pixels = width * height
-    return _VAE_TILE_BYTES if pixels > _TILE_VAE_PIXELS else _VAE_DECODE_PER_MP * pixels / 1e6
+    return _VAE_TILE_BYTES if pixels > TILE_VAE_PIXELS else _VAE_DECODE_PER_MP * pixels / 1e6
 
 
 def _generation_parts(family: str, size, memory: str, num_images: int, cfg: bool,
@@ -155,8 +160,7 @@ def generation_peak_bytes(preset="sd15", *, size=None, memory: str = "balanced",
     balanced, 15.2 GiB fast — more than a T4's 15 GiB). ``fast`` keeps every
     sub-model resident; ``low`` streams layers. Activation figures are estimates (no GPU
     measured them yet), within ~1 GiB."""
-    if memory not in ("fast", "balanced", "low"):
-        raise InvalidParameterError(f"memory must be 'fast', 'balanced' or 'low', got {memory!r}.")
+    _check_profile(memory)
     if isinstance(preset, str):
         family, refiner, cfg = family_of(preset), False, True
         default = (PARAMETERS[family]["native"],) * 2
